@@ -86,3 +86,19 @@ def make_tiny_llama(out_dir: str | Path | None = None, *, seed: int = 0, config=
     if out_dir is not None:
         model.save_pretrained(out_dir, safe_serialization=True)
     return model
+
+
+def perturb_checkpoint(base_dir: str | Path, out_dir: str | Path, *, seed: int, scale: float, **save_kwargs):
+    """Save a copy of the checkpoint in ``base_dir`` with seeded Gaussian noise (std ``scale``) added to every
+    parameter: a stand-in for a fine-tuned model of the same base. ``save_kwargs`` go to ``save_pretrained``
+    (e.g. ``max_shard_size="100KB"`` for a sharded checkpoint)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(out_dir, **save_kwargs)
+    return model

@@ -1,0 +1,316 @@
+"""The streaming merge engine: checkpoints in, one merged checkpoint out, one tensor name at a time.
+
+Memory: at any moment the engine holds the tensors of the parameter name being merged across the input models,
+those of at most ``prefetch`` names read ahead (reads overlap compute on a small thread pool), and one output
+tensor being written. Output shards are planned from the input headers, so each merged tensor goes to disk as soon
+as it is computed (see :mod:`babelmerge.safetensors_stream`).
+
+Everything the user can get wrong is checked before the first tensor is read: paths, checkpoint layout, tensor
+names and shapes across models, method, parameters and every per-tensor override. The output is built in a
+temporary folder beside ``out_dir`` and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_dir, atomic_write_text
+from .checkpoint import AUX_FILES, Checkpoint, open_checkpoint, resolve_model_path
+from .errors import BabelmergeError
+from .merge_config import (
+    MergeConfig,
+    ModelSpec,
+    ParameterResolver,
+    check_parameters,
+    get_merge_method,
+    load_merge_config,
+    torch_dtype,
+)
+from .methods import MergeMethod
+from .model_card import write_model_card
+from .safetensors_stream import PlannedTensor, StreamingWriter, parse_size, plan_shards, shard_file_names
+
+
+@dataclass
+class MergePlan:
+    """Everything validated and resolved: what to read, what to compute, where to write."""
+
+    cfg: MergeConfig
+    method: MergeMethod
+    base: Checkpoint | None
+    models: list[Checkpoint]
+    reference: Checkpoint  # supplies tensor order, non-float tensors, config.json
+    tokenizer_from: Path
+    params: dict[str, dict[str, Any]]  # per tensor name (float tensors only)
+    outputs: list[PlannedTensor]
+    device: torch.device
+    compute_dtype: torch.dtype
+
+
+def _locate(ref: str, config_dir: Path | None) -> str:
+    """Model paths are relative to the working directory, or else to the config file's folder."""
+    if config_dir is not None and not Path(ref).expanduser().exists() and (config_dir / ref).exists():
+        return str(config_dir / ref)
+    return ref
+
+
+def _select_models(cfg: MergeConfig, method: MergeMethod) -> tuple[str | None, list[ModelSpec]]:
+    """The base reference and the contributing model specs, in mergekit's conventions."""
+    base = cfg.base_model
+    if method.needs_base:
+        if base is None:
+            raise BabelmergeError(f"{method.name} needs a base_model")
+        specs = [s for s in cfg.models if s.model != base]
+    elif method.name == "slerp" and base is not None:
+        # mergekit: the base model is the t = 0 end; the other listed model the t = 1 end.
+        first = next((s for s in cfg.models if s.model == base), ModelSpec(model=base))
+        specs = [first] + [s for s in cfg.models if s.model != base]
+    else:
+        specs = list(cfg.models)
+    n = len(specs)
+    if n < method.min_models or (method.max_models is not None and n > method.max_models):
+        k = method.min_models
+        wanted = f"{'exactly' if method.max_models == k else 'at least'} {k} model{'s' if k != 1 else ''}"
+        extra = " (besides the base model)" if method.needs_base else ""
+        raise BabelmergeError(f"{method.name} needs {wanted}{extra}, got {n}")
+    return base, specs
+
+
+def _check_compatible(reference: Checkpoint, others: list[Checkpoint]) -> None:
+    ref_names = set(reference.tensors)
+    for ck in others:
+        names = set(ck.tensors)
+        if names != ref_names:
+            missing = sorted(ref_names - names)
+            if missing:
+                raise BabelmergeError(
+                    f"tensor '{missing[0]}' is in model '{reference.ref}' but not in model '{ck.ref}'"
+                    + (f" ({len(missing) - 1} more differ)" if len(missing) > 1 else "")
+                )
+            extra = sorted(names - ref_names)
+            raise BabelmergeError(
+                f"tensor '{extra[0]}' is in model '{ck.ref}' but not in model '{reference.ref}'"
+            )
+        for name in reference.tensors:
+            a, b = reference.shape(name), ck.shape(name)
+            if a != b:
+                raise BabelmergeError(
+                    f"tensor '{name}' has shape {list(a)} in model '{reference.ref}' but {list(b)} in model '{ck.ref}'"
+                )
+
+
+def plan_merge(
+    config: MergeConfig | dict | str | os.PathLike[str],
+    *,
+    shard_size: str | int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    seed: int | None = None,
+    allow_pickle: bool | None = None,
+) -> tuple[MergePlan, list[list[PlannedTensor]]]:
+    """Validate a merge completely (reading only headers) and return the plan and the output shards."""
+    cfg, config_dir = load_merge_config(config)
+    updates = {
+        k: v
+        for k, v in dict(
+            shard_size=shard_size, device=device, out_dtype=dtype, seed=seed, allow_pickle=allow_pickle
+        ).items()
+        if v is not None
+    }
+    if updates:
+        cfg = MergeConfig.model_validate({**cfg.model_dump(), **updates})
+    method = get_merge_method(cfg)
+    base_ref, specs = _select_models(cfg, method)
+    check_parameters(cfg, method, [s.model for s in specs])
+    try:
+        dev = torch.device(cfg.device)
+    except RuntimeError:
+        raise BabelmergeError(f"unknown device '{cfg.device}'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BabelmergeError(f"device '{cfg.device}' requested but no CUDA device is available")
+
+    opened: dict[str, Checkpoint] = {}
+
+    def open_ref(ref: str) -> Checkpoint:
+        if ref not in opened:
+            opened[ref] = open_checkpoint(
+                ref, allow_pickle=cfg.allow_pickle, path=resolve_model_path(_locate(ref, config_dir))
+            )
+        return opened[ref]
+
+    base = open_ref(base_ref) if base_ref is not None else None
+    models = [open_ref(s.model) for s in specs]
+    reference = base or models[0]
+    _check_compatible(reference, [ck for ck in opened.values() if ck is not reference])
+
+    if cfg.tokenizer_source in (None, "base"):
+        tokenizer_from = reference.path
+    else:
+        tokenizer_from = resolve_model_path(_locate(cfg.tokenizer_source, config_dir))
+
+    resolver = ParameterResolver(cfg, method, specs)
+    out_name = cfg.output_dtype_name()
+    params: dict[str, dict[str, Any]] = {}
+    outputs: list[PlannedTensor] = []
+    for name in reference.tensors:
+        in_dtype = reference.dtype(name)
+        if in_dtype.is_floating_point:
+            p = resolver.for_tensor(name)
+            resolver.check_tensor(name, p)
+            params[name] = p
+            out_dtype = torch_dtype(out_name) if out_name else in_dtype
+        else:
+            out_dtype = in_dtype
+        outputs.append(PlannedTensor(name, out_dtype, reference.shape(name)))
+    plan = MergePlan(
+        cfg,
+        method,
+        base,
+        models,
+        reference,
+        tokenizer_from,
+        params,
+        outputs,
+        dev,
+        torch_dtype(cfg.compute_dtype),
+    )
+    return plan, plan_shards(outputs, parse_size(cfg.shard_size))
+
+
+def tensor_generator(seed: int, name: str) -> torch.Generator:
+    """A CPU generator seeded by (seed, tensor name): random methods give the same result in any order."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
+
+
+def merge_tensor(plan: MergePlan, name: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Merge one tensor: cast the inputs to the compute dtype/device, call the method, cast to the output dtype."""
+    if name not in plan.params:  # integer/bool buffers are copied from the reference model
+        return inputs[plan.reference.ref]
+
+    def prep(ck: Checkpoint) -> torch.Tensor:
+        return inputs[ck.ref].to(device=plan.device, dtype=plan.compute_dtype)
+
+    kwargs = dict(plan.params[name])
+    if plan.method.needs_base:
+        kwargs["base"] = prep(plan.base)
+    if plan.method.uses_generator:
+        kwargs["generator"] = tensor_generator(plan.cfg.seed, name)
+    return plan.method.fn([prep(ck) for ck in plan.models], **kwargs)
+
+
+def _check_finite(name: str, tensors: dict[str, torch.Tensor]) -> None:
+    for ref, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise BabelmergeError(f"model '{ref}': tensor '{name}' contains non-finite values (NaN or inf)")
+
+
+def execute_plan(
+    plan: MergePlan, shards: list[list[PlannedTensor]], out: Path, *, progress: bool, prefetch: int = 2
+):
+    """Stream every tensor through the method into the planned shards in ``out``; write the index if sharded."""
+    from tqdm.auto import tqdm
+
+    # Each distinct checkpoint is read once per tensor name, even if it plays several roles.
+    checkpoints = list({ck.ref: ck for ck in [plan.reference, *plan.models]}.values())
+    names = [t.name for t in plan.outputs]
+    files = shard_file_names(len(shards))
+    total = sum(t.nbytes for t in plan.outputs)
+    bar = tqdm(
+        total=total, unit="B", unit_scale=True, desc=f"merge ({plan.method.name})", disable=not progress
+    )
+    pending: deque[tuple[str, list[Future]]] = deque()
+    workers = max(2, min(8, len(checkpoints)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="babelmerge-read") as pool:
+        upcoming = iter(names)
+
+        def submit_next() -> None:
+            name = next(upcoming, None)
+            if name is not None:
+                pending.append((name, [pool.submit(ck.read, name) for ck in checkpoints]))
+
+        for _ in range(prefetch + 1):
+            submit_next()
+        try:
+            for shard, file in zip(shards, files):
+                writer = StreamingWriter(out / file, shard)
+                try:
+                    for planned in shard:
+                        name, futures = pending.popleft()
+                        submit_next()
+                        inputs = {ck.ref: f.result() for ck, f in zip(checkpoints, futures)}
+                        _check_finite(name, inputs)
+                        merged = merge_tensor(plan, name, inputs)
+                        writer.write(name, merged.to(planned.dtype))
+                        del inputs, merged
+                        bar.update(planned.nbytes)
+                    writer.close()
+                except BaseException:
+                    writer.abort()
+                    raise
+        finally:
+            for _, futures in pending:
+                for f in futures:
+                    f.cancel()
+            bar.close()
+    if len(shards) > 1:
+        weight_map = {t.name: file for shard, file in zip(shards, files) for t in shard}
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        atomic_write_text(out / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+
+
+def _copy_aux_files(plan: MergePlan, out: Path) -> None:
+    config = json.loads(plan.reference.config_path.read_text())
+    out_dtypes = {t.dtype for t in plan.outputs if t.dtype.is_floating_point}
+    if len(out_dtypes) == 1:
+        config["dtype"] = str(next(iter(out_dtypes))).removeprefix("torch.")
+        config.pop("torch_dtype", None)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    gen = plan.reference.path / "generation_config.json"
+    if gen.exists():
+        shutil.copy2(gen, out / "generation_config.json")
+    for f in AUX_FILES:
+        src = plan.tokenizer_from / f
+        if src.exists():
+            shutil.copy2(src, out / f)
+
+
+def merge(
+    config: MergeConfig | dict | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    shard_size: str | int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    seed: int | None = None,
+    allow_pickle: bool | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Merge the checkpoints described by ``config`` (a :class:`MergeConfig`, dict or YAML path) into ``out_dir``.
+
+    Keyword arguments override the config's own ``shard_size``, ``device``, output ``dtype``, ``seed`` and
+    ``allow_pickle``. Raises :class:`~babelmerge.errors.BabelmergeError` for bad input, before anything is
+    written. Returns the output folder, a complete Hugging Face checkpoint (weights, config, tokenizer files,
+    ``babelmerge_config.yaml`` and a model card).
+    """
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise BabelmergeError(f"output folder {out} already exists (pass --overwrite to replace it)")
+    plan, shards = plan_merge(
+        config, shard_size=shard_size, device=device, dtype=dtype, seed=seed, allow_pickle=allow_pickle
+    )
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        execute_plan(plan, shards, tmp, progress=progress)
+        _copy_aux_files(plan, tmp)
+        write_model_card(plan.cfg, plan.method, tmp)
+    return out

@@ -1,0 +1,49 @@
+"""Task arithmetic (Ilharco et al. 2023): add scaled task vectors to the base."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import LAMBDA, WEIGHT, normalize_param, register
+
+
+def task_vectors(base: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack of task vectors τ_t = θ_t − θ_base, shape ``(T, *base.shape)``."""
+    return torch.stack([t - base for t in tensors])
+
+
+def weighted_sum(tau: torch.Tensor, weight: Sequence[float]) -> torch.Tensor:
+    """Σ_t w_t τ_t over the first dimension of ``tau``."""
+    w = torch.tensor(weight, dtype=tau.dtype, device=tau.device)
+    return torch.einsum("t,t...->...", w, tau)
+
+
+def combine_sum(
+    base: torch.Tensor, tau: torch.Tensor, weight: Sequence[float], lambda_: float, normalize: bool
+) -> torch.Tensor:
+    """θ_base + λ Σ_t w_t τ_t (the sum divided by Σ_t w_t when ``normalize``)."""
+    delta = weighted_sum(tau, weight)
+    if normalize:
+        total = float(sum(weight))
+        if total == 0.0:
+            raise ValueError("weights sum to zero, cannot normalise")
+        delta = delta / total
+    return base + lambda_ * delta
+
+
+@register("task_arithmetic", params=[WEIGHT, LAMBDA, normalize_param(False)], needs_base=True)
+def task_arithmetic(
+    tensors: Sequence[torch.Tensor],
+    *,
+    base: torch.Tensor,
+    weight: Sequence[float],
+    lambda_: float = 1.0,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """θ = θ_base + λ Σ_t w_t τ_t, with τ_t = θ_t − θ_base (divided by Σ_t w_t when ``normalize``).
+
+    λ = 0 gives the base; one model with w = λ = 1 gives that model.
+    """
+    return combine_sum(base, task_vectors(base, tensors), weight, lambda_, normalize)

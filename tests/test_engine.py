@@ -1,0 +1,245 @@
+"""The streaming merge engine end to end on tiny checkpoints: outputs equal the tensor functions."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from babelmerge import merge
+from babelmerge.engine import tensor_generator
+from babelmerge.methods import METHODS
+
+
+def load_folder(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+PER_METHOD = {
+    "linear": ({}, [{"weight": 1.0}, {"weight": 3.0}]),
+    "slerp": ({"t": 0.3}, [{}, {}]),
+    "task_arithmetic": ({"lambda": 0.7}, [{"weight": 1.0}, {"weight": 0.5}]),
+    "ties": ({"lambda": 1.0}, [{"weight": 1.0, "density": 0.5}, {"weight": 0.6, "density": 0.8}]),
+    "ties_sv": ({}, [{"density": 0.5, "slack": 0.1}, {"density": 0.8, "slack": 0.4}]),
+    "dare_linear": ({}, [{"density": 0.6}, {"density": 0.9}]),
+    "dare_ties": ({}, [{"density": 0.6}, {"density": 0.9}]),
+    "model_stock": ({}, [{}, {}]),
+}
+
+
+def config_for(method, tiny_models):
+    top, per_model = PER_METHOD[method]
+    cfg = {
+        "merge_method": method,
+        "models": [
+            {"model": str(tiny_models["ft_a"]), "parameters": per_model[0]},
+            {"model": str(tiny_models["ft_b"]), "parameters": per_model[1]},
+        ],
+        "parameters": top,
+        "seed": 11,
+    }
+    if METHODS[method].needs_base:
+        cfg["base_model"] = str(tiny_models["base"])
+    return cfg
+
+
+def expected_tensor(method, tiny_models, name, inputs):
+    top, per_model = PER_METHOD[method]
+    spec = METHODS[method]
+    kwargs = {}
+    for p in spec.params:
+        if p.per_model:
+            kwargs[p.kwarg] = [pm.get(p.name, p.default) for pm in per_model]
+        else:
+            kwargs[p.kwarg] = top.get(p.name, p.default)
+    if spec.needs_base:
+        kwargs["base"] = inputs["base"][name]
+    if spec.uses_generator:
+        kwargs["generator"] = tensor_generator(11, name)
+    return spec.fn([inputs["ft_a"][name], inputs["ft_b"][name]], **kwargs)
+
+
+@pytest.mark.parametrize("method", sorted(PER_METHOD))
+def test_merge_equals_tensor_functions_and_loads(method, tiny_models, tmp_path):
+    out = merge(config_for(method, tiny_models), tmp_path / "out", progress=False)
+    merged = load_folder(out)
+    inputs = {k: load_folder(tiny_models[k]) for k in ("base", "ft_a", "ft_b")}
+    assert set(merged) == set(inputs["base"])
+    for name, tensor in merged.items():
+        assert tensor.dtype == torch.float32
+        assert torch.equal(tensor, expected_tensor(method, tiny_models, name, inputs)), name
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("the cat", return_tensors="pt").input_ids
+    generated = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert generated.shape == (1, ids.shape[1] + 5)
+    # the model's own weights are the merged ones
+    assert torch.equal(model.state_dict()["model.norm.weight"], merged["model.norm.weight"])
+
+
+def test_linear_merge_is_not_a_copy_of_either_input(tiny_models, tmp_path):
+    out = merge(config_for("linear", tiny_models), tmp_path / "out", progress=False)
+    name = "model.layers.0.mlp.up_proj.weight"
+    a, b = load_folder(tiny_models["ft_a"])[name], load_folder(tiny_models["ft_b"])[name]
+    got = load_folder(out)[name]
+    assert torch.allclose(got, 0.25 * a + 0.75 * b, atol=1e-7)
+    assert not torch.allclose(got, a) and not torch.allclose(got, b)
+
+
+def test_sharded_output_with_index_and_bf16(tiny_models, tmp_path):
+    cfg = config_for("task_arithmetic", tiny_models)
+    out = merge(cfg, tmp_path / "out", shard_size="30KB", dtype="bfloat16", progress=False)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert len(shards) > 2 and set(index["weight_map"].values()) == set(shards)
+    merged = load_folder(out)
+    assert index["metadata"]["total_size"] == sum(t.numel() * 2 for t in merged.values())
+    fp32 = load_folder(merge(cfg, tmp_path / "fp32", progress=False))
+    for name, t in merged.items():
+        assert t.dtype == torch.bfloat16
+        assert torch.equal(t, fp32[name].to(torch.bfloat16))
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
+
+
+def test_per_tensor_override_first_match_wins(tiny_models, tmp_path):
+    cfg = config_for("ties", tiny_models)
+    cfg["models"][0]["parameters"]["density"] = [
+        {"filter": "mlp", "value": 0.2},
+        {"filter": "layers.0", "value": 0.9},  # never reached for mlp tensors
+        {"value": 0.5},
+    ]
+    out = merge(cfg, tmp_path / "out", progress=False)
+    merged = load_folder(out)
+    inputs = {k: load_folder(tiny_models[k]) for k in ("base", "ft_a", "ft_b")}
+
+    def ties_with(name, d0):
+        return METHODS["ties"].fn(
+            [inputs["ft_a"][name], inputs["ft_b"][name]],
+            base=inputs["base"][name],
+            weight=[1.0, 0.6],
+            density=[d0, 0.8],
+            lambda_=1.0,
+        )
+
+    for name, d0 in [
+        ("model.layers.0.mlp.up_proj.weight", 0.2),
+        ("model.layers.1.mlp.down_proj.weight", 0.2),
+        ("model.layers.0.self_attn.q_proj.weight", 0.9),
+        ("model.layers.1.self_attn.q_proj.weight", 0.5),
+    ]:
+        assert torch.equal(merged[name], ties_with(name, d0)), name
+    assert not torch.equal(
+        merged["model.layers.0.mlp.up_proj.weight"], ties_with("model.layers.0.mlp.up_proj.weight", 0.5)
+    )
+
+
+def test_dare_seed_determinism(tiny_models, tmp_path):
+    cfg = config_for("dare_ties", tiny_models)
+    a = load_folder(merge(cfg, tmp_path / "a", progress=False))
+    b = load_folder(merge(cfg, tmp_path / "b", progress=False))
+    c = load_folder(merge(cfg, tmp_path / "c", seed=12, progress=False))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not all(torch.equal(a[n], c[n]) for n in a)
+
+
+def test_output_folder_contents_and_rerun_from_recorded_config(tiny_models, tmp_path):
+    out = merge(config_for("ties_sv", tiny_models), tmp_path / "out", progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        "babelmerge_config.yaml",
+        "model.safetensors",
+    } <= names
+    card = (out / "README.md").read_text()
+    assert "ties_sv" in card and str(tiny_models["ft_b"]) in card
+    recorded = yaml.safe_load((out / "babelmerge_config.yaml").read_text())
+    assert recorded["merge_method"] == "ties_sv"
+    again = merge(out / "babelmerge_config.yaml", tmp_path / "again", progress=False)
+    first, second = load_folder(out), load_folder(again)
+    assert all(torch.equal(first[n], second[n]) for n in first)
+
+
+def test_mergekit_yaml_shape_and_tokenizer_source(tiny_models, tmp_path):
+    # base model listed among the models, as mergekit users often do; int8_mask accepted for compatibility.
+    text = f"""
+merge_method: ties
+base_model: {tiny_models["base"]}
+models:
+  - model: {tiny_models["base"]}
+  - model: {tiny_models["ft_a"]}
+    parameters:
+      weight: 1.0
+      density: 0.5
+  - model: {tiny_models["ft_b"]}
+    parameters:
+      weight: 1.0
+      density: 0.5
+parameters:
+  normalize: true
+  int8_mask: true
+dtype: float32
+tokenizer_source: {tmp_path / "tok"}
+"""
+    path = tmp_path / "merge.yaml"
+    path.write_text(text)
+    (tmp_path / "tok").mkdir()
+    tok_config = json.loads((tiny_models["base"] / "tokenizer_config.json").read_text())
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(
+        json.dumps({**tok_config, "model_max_length": 77})
+    )
+    (tmp_path / "tok" / "tokenizer.json").write_text((tiny_models["base"] / "tokenizer.json").read_text())
+    out = merge(path, tmp_path / "out", progress=False)
+    merged = load_folder(out)
+    inputs = {k: load_folder(tiny_models[k]) for k in ("base", "ft_a", "ft_b")}
+    name = "model.embed_tokens.weight"
+    exp = METHODS["ties"].fn(
+        [inputs["ft_a"][name], inputs["ft_b"][name]],
+        base=inputs["base"][name],
+        weight=[1.0, 1.0],
+        density=[0.5, 0.5],
+    )
+    assert torch.equal(merged[name], exp)
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 77
+    assert AutoTokenizer.from_pretrained(out).model_max_length == 77
+
+
+def test_slerp_base_model_is_the_t0_end(tiny_models, tmp_path):
+    cfg = {
+        "merge_method": "slerp",
+        "base_model": str(tiny_models["ft_b"]),
+        "models": [{"model": str(tiny_models["ft_a"])}, {"model": str(tiny_models["ft_b"])}],
+        "parameters": {"t": 0.0},
+    }
+    merged = load_folder(merge(cfg, tmp_path / "out", progress=False))
+    ft_b = load_folder(tiny_models["ft_b"])
+    assert all(torch.equal(merged[n], ft_b[n]) for n in ft_b)
+
+
+def test_allow_pickle_loads_bin_with_weights_only(tiny_models, tmp_path):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    state = load_folder(tiny_models["ft_a"])
+    torch.save(state, pickled / "pytorch_model.bin")
+    (pickled / "config.json").write_text((tiny_models["ft_a"] / "config.json").read_text())
+    cfg = {"merge_method": "linear", "models": [{"model": str(pickled)}, {"model": str(tiny_models["ft_a"])}]}
+    merged = load_folder(merge(cfg, tmp_path / "out", allow_pickle=True, progress=False))
+    assert all(torch.equal(merged[n], state[n]) for n in state)
+
+
+def test_overwrite_replaces_only_when_done(tiny_models, tmp_path):
+    out = tmp_path / "out"
+    merge(config_for("linear", tiny_models), out, progress=False)
+    merge(config_for("model_stock", tiny_models), out, overwrite=True, progress=False)
+    assert yaml.safe_load((out / "babelmerge_config.yaml").read_text())["merge_method"] == "model_stock"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
