@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="keep the models and merges in this folder")
     p.set_defaults(func=_cmd_selftest)
 
+    from .evaluation.cli import register as register_eval
+
+    register_eval(sub)
     return parser
 
 
