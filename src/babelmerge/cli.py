@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli import register as register_eval
 
     register_eval(sub)
+    from .report.cli import register as register_report
+
+    register_report(sub)
     return parser
 
 
