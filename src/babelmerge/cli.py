@@ -97,12 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="keep the models and merges in this folder")
     p.set_defaults(func=_cmd_selftest)
 
+    from .training.cli import register as register_train
+
+    register_train(sub)
     from .evaluation.cli import register as register_eval
 
     register_eval(sub)
     from .report.cli import register as register_report
 
     register_report(sub)
+    from .demo.cli import register as register_demo
+
+    register_demo(sub)
+    from .pipeline.cli import register as register_pipeline
+
+    register_pipeline(sub)
     return parser
 
 

@@ -9,6 +9,14 @@ Typical use::
     data = prepare_data(cfg, tokenizer)          # PackedData, cached per source on disk
     slices = make_slices(data, n_slices=4)       # equal, disjoint, same mixture in each
     train_ds = BlockDataset(slices[0])           # for transformers.Trainer
+
+Instruction data (conversations; loss on the assistant's tokens only) uses the same calls::
+
+    cfg = DataConfig(format="chat", packing=True, block_size=2048,
+                     sources=[SourceConfig(path="bg_sft.jsonl", ratio=3), SourceConfig(path="en_sft.jsonl", ratio=1)])
+    data = prepare_data(cfg, tokenizer)          # labels -100 on prompts, position_ids per packed example
+
+(train packed chat rows with ``model.config.use_cache = False``; see :class:`PackedData`).
 """
 
 from .config import DataConfig, SourceConfig

@@ -2,6 +2,9 @@
 
 Both models are pydantic with ``extra="forbid"`` so a misspelt key fails at load time, before any
 file is read or any text is tokenized.
+
+``DataConfig.format`` picks the kind of data: ``"text"`` (continued pre-training on raw text, the
+default) or ``"chat"`` (instruction tuning on conversations, see :mod:`babelmerge.data.conversations`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import glob
 import itertools
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,6 +25,10 @@ class SourceConfig(BaseModel):
 
     Local formats (chosen by suffix): ``.txt`` (one document per non-blank line), ``.jsonl``
     (one JSON object per line, text in ``text_field``) and ``.parquet`` (column ``text_field``).
+
+    For ``format: chat`` data (``.jsonl``, ``.parquet`` or a Hugging Face dataset) every record holds
+    either ``messages_field`` (a list of ``{"role", "content"}`` with roles system/user/assistant) or
+    both ``prompt_field`` and ``response_field`` (one user turn and one assistant turn).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -32,6 +40,9 @@ class SourceConfig(BaseModel):
     split: str = "train"
     streaming: bool = False
     text_field: str = "text"
+    messages_field: str = "messages"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
     ratio: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
@@ -59,7 +70,16 @@ class SourceConfig(BaseModel):
 
 
 class DataConfig(BaseModel):
-    """The mixture: sources with token ratios, the total token budget and the block length."""
+    """The mixture: sources with token ratios, the total token budget and the block length.
+
+    ``format: text`` (default): documents are tokenized, EOS-separated and cut into full blocks of
+    ``block_size`` tokens. ``format: chat``: every conversation becomes one example (rendered with the
+    tokenizer's chat template, loss on assistant tokens only) of at most ``max_length`` tokens (default
+    ``block_size``; longer ones are truncated and counted); rows are ``block_size`` tokens, either one
+    example per row right-padded (``packing: false``) or several whole examples per row
+    (``packing: true``, with ``position_ids`` restarting at 0 for each example). For chat data
+    ``token_budget`` and the ratios count real tokens (prompt and response, not padding).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -70,9 +90,26 @@ class DataConfig(BaseModel):
     cache_dir: str | None = None
     num_proc: int = Field(default=1, ge=1)
     batch_size: int = Field(default=1000, ge=1)
+    format: Literal["text", "chat"] = "text"
+    #: chat only: the longest example kept (longer ones are truncated); default ``block_size``.
+    max_length: int | None = Field(default=None, ge=2)
+    #: chat only: pack several whole examples per row instead of one padded example per row.
+    packing: bool = False
 
     @model_validator(mode="after")
     def _checks(self) -> DataConfig:
+        if self.format == "text" and (self.max_length is not None or self.packing):
+            raise ValueError("'max_length' and 'packing' apply to format 'chat' only")
+        if self.max_length is not None:
+            if self.max_length > self.block_size:
+                raise ValueError(
+                    f"max_length {self.max_length} exceeds block_size {self.block_size} (the row length)"
+                )
+            if not self.packing and self.max_length != self.block_size:
+                raise ValueError(
+                    f"max_length {self.max_length} differs from block_size {self.block_size}: without packing "
+                    "every row holds one example, so set only block_size (or enable packing)"
+                )
         seen: set[str] = set()
         for src in self.sources:
             if src.label in seen:
@@ -83,6 +120,11 @@ class DataConfig(BaseModel):
                 f"token_budget {self.token_budget} is smaller than one block (block_size {self.block_size})"
             )
         return self
+
+    @property
+    def example_max_length(self) -> int:
+        """The longest chat example kept: ``max_length``, else ``block_size``."""
+        return self.block_size if self.max_length is None else self.max_length
 
     @property
     def ratios(self) -> list[float]:

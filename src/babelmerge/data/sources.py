@@ -49,21 +49,23 @@ def resolve_files(src: SourceConfig) -> list[Path]:
     return files
 
 
-def source_identity(src: SourceConfig) -> dict:
-    """What determines a source's text, for the cache key: files with size and mtime, or the dataset id."""
+def source_identity(src: SourceConfig, format: str = "text") -> dict:
+    """What determines a source's text, for the cache key: files with size and mtime, or the dataset id,
+    and the fields read (``text_field``; for ``format="chat"`` the messages/prompt/response fields)."""
     if src.path is not None:
         files = [
             {"file": str(f.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
             for f in resolve_files(src)
             for st in [f.stat()]
         ]
-        return {"files": files, "text_field": src.text_field}
-    return {
-        "hf_dataset": src.hf_dataset,
-        "hf_config": src.hf_config,
-        "split": src.split,
-        "text_field": src.text_field,
-    }
+        identity = {"files": files}
+    else:
+        identity = {"hf_dataset": src.hf_dataset, "hf_config": src.hf_config, "split": src.split}
+    if format == "chat":
+        identity["fields"] = [src.messages_field, src.prompt_field, src.response_field]
+    else:
+        identity["text_field"] = src.text_field
+    return identity
 
 
 def load_documents(src: SourceConfig):
@@ -157,18 +159,26 @@ def _read_parquet(src: SourceConfig, path: Path) -> Iterator[pa.Array]:
         yield batch.column(0).cast(pa.string())
 
 
-def _read_hf(src: SourceConfig) -> Iterator[pa.Array]:
-    """Documents of a Hugging Face dataset (downloaded or streamed); only ``text_field`` is kept."""
+def load_hf_dataset(src: SourceConfig):
+    """``datasets.load_dataset`` for a source with ``hf_dataset`` (a ``Dataset``, or an ``IterableDataset``
+    when ``streaming``); any failure becomes a one-line :class:`BabelmergeError` naming the dataset."""
     import datasets
 
     try:
-        ds = datasets.load_dataset(src.hf_dataset, src.hf_config, split=src.split, streaming=src.streaming)
+        return datasets.load_dataset(src.hf_dataset, src.hf_config, split=src.split, streaming=src.streaming)
     except Exception as e:  # datasets raises many types; all mean "cannot load this dataset"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BabelmergeError(
             f"source {src.label!r}: cannot load dataset {src.hf_dataset!r} "
             f"(config {src.hf_config!r}, split {src.split!r}): {msg}"
         ) from None
+
+
+def _read_hf(src: SourceConfig) -> Iterator[pa.Array]:
+    """Documents of a Hugging Face dataset (downloaded or streamed); only ``text_field`` is kept."""
+    import datasets
+
+    ds = load_hf_dataset(src)
     columns = ds.column_names
     if columns is not None and src.text_field not in columns:
         raise BabelmergeError(
