@@ -208,10 +208,16 @@ def merge_tensor(plan: MergePlan, name: str, inputs: dict[str, torch.Tensor]) ->
     return plan.method.fn([prep(ck) for ck in plan.models], **kwargs)
 
 
-def _check_finite(name: str, tensors: dict[str, torch.Tensor]) -> None:
-    for ref, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise BabelmergeError(f"model '{ref}': tensor '{name}' contains non-finite values (NaN or inf)")
+def read_checked(ck: Checkpoint, name: str) -> torch.Tensor:
+    """Read one input tensor and refuse NaN or inf (runs on the reader threads, overlapping compute).
+
+    NaN propagates into the minimum and maximum and inf is one of them, so checking those two values is
+    equivalent to checking every element, and several times cheaper.
+    """
+    t = ck.read(name)
+    if t.is_floating_point() and t.numel() and not torch.isfinite(torch.stack(torch.aminmax(t))).all():
+        raise BabelmergeError(f"model '{ck.ref}': tensor '{name}' contains non-finite values (NaN or inf)")
+    return t
 
 
 def execute_plan(
@@ -236,7 +242,7 @@ def execute_plan(
         def submit_next() -> None:
             name = next(upcoming, None)
             if name is not None:
-                pending.append((name, [pool.submit(ck.read, name) for ck in checkpoints]))
+                pending.append((name, [pool.submit(read_checked, ck, name) for ck in checkpoints]))
 
         for _ in range(prefetch + 1):
             submit_next()
@@ -248,7 +254,6 @@ def execute_plan(
                         name, futures = pending.popleft()
                         submit_next()
                         inputs = {ck.ref: f.result() for ck, f in zip(checkpoints, futures)}
-                        _check_finite(name, inputs)
                         merged = merge_tensor(plan, name, inputs)
                         writer.write(name, merged.to(planned.dtype))
                         del inputs, merged

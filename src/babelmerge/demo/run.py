@@ -233,7 +233,7 @@ def run_demo(
                 **_data([(corpus.sft_train, 1.0)], b.sft_tokens, b, seed + 2, cache, fmt="chat"),
                 "packing": True,
             },
-            "optim": _optim(b, b.lrs[0]),
+            "optim": _optim(b, b.lrs[1]),
         }
     )
     ct = adapted["standard_lr_hi"]
@@ -277,6 +277,7 @@ def run_demo(
     todo = {k: v for k, v in models.items() if not (results / f"{k}.json").exists()}
     if todo:
         evaluate({**common, "models": [str(p) for p in todo.values()], "labels": list(todo)})
+    # Trade-off curves of the two high-learning-rate runs (this also rescores the runs themselves).
     curves = ["standard_lr_hi", "bam_lr_hi"]
     if not all((results / f"{k}@0.5.json").exists() for k in curves):
         evaluate(
@@ -286,7 +287,6 @@ def run_demo(
                 "labels": curves,
                 "base": str(pretrain),
                 "interpolate": [0.25, 0.5, 0.75],
-                "instruct": None,
             }
         )
 

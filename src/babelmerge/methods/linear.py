@@ -22,5 +22,8 @@ def linear(
         if total == 0.0:
             raise ValueError("linear: weights sum to zero, cannot normalise")
         weight = [w / total for w in weight]  # normalising the weights first keeps linear([θ]) == θ exact
-    w = torch.tensor(weight, dtype=tensors[0].dtype, device=tensors[0].device)
-    return torch.einsum("t,t...->...", w, torch.stack(list(tensors)))
+    # Accumulate in place: no stacked copy of the inputs.
+    out = tensors[0] * weight[0]
+    for t, w in zip(tensors[1:], weight[1:]):
+        out.add_(t, alpha=w)
+    return out

@@ -43,9 +43,9 @@ def top_fraction_mask(x: torch.Tensor, fraction: float) -> torch.Tensor:
     threshold = mag.kthvalue(n - k + 1).values  # the k-th largest magnitude
     above = mag > threshold
     need = k - int(above.sum())
-    at = mag == threshold
-    keep_at = at & (torch.cumsum(at, 0, dtype=torch.int64) <= need)
-    return (above | keep_at).view_as(x)
+    tied = (mag == threshold).nonzero().squeeze(1)[:need]  # flat indices in increasing order
+    above[tied] = True
+    return above.view_as(x)
 
 
 def trim(tau: torch.Tensor, density: Sequence[float]) -> torch.Tensor:

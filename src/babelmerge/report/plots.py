@@ -70,7 +70,7 @@ def learning_vs_forgetting(
     ax.set_ylabel(f"learning: −Δ target bits/byte ({unit}; higher is better)")
     ax.set_title("Learning vs forgetting (★ = on the Pareto front)")
     if curves:
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = out / "learning_vs_forgetting.png"
     fig.savefig(path, dpi=130)

@@ -169,8 +169,12 @@ def print_table(report: Report) -> None:
     from rich.table import Table
 
     table = Table(title=f"babelmerge report ({report.folder / 'report.md'})")
+    width = max([len(r["model"]) for r in report.rows] + [5])
     for col in ("model", "target bpb", "source bpb", "Δ target", "Δ source", "‖Δθ‖", "instr. acc", "Pareto"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+        if col == "model":
+            table.add_column(col, min_width=width, no_wrap=True)
+        else:
+            table.add_column(col, justify="right")
     for row in report.rows:
         table.add_row(
             row["model"],
@@ -182,4 +186,4 @@ def print_table(report: Report) -> None:
             _fmt(row["instruct_accuracy"], 3),
             "★" if row["model"] in report.front else "",
         )
-    Console().print(table)
+    Console(width=max(100, width + 80)).print(table)
