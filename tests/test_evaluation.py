@@ -209,4 +209,4 @@ def test_eval_bad_input(tiny_models, tmp_path, capsys):
     assert code == 2 and "interpolate needs a base model" in capsys.readouterr().err
     (tmp_path / "p.jsonl").write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "c"\n')
     code = main(["eval", str(tiny_models["base"]), "--instruct", str(tmp_path / "p.jsonl")])
-    assert code == 2 and "p.jsonl:2: invalid JSON" in capsys.readouterr().err
+    assert code == 2 and "p.jsonl:2: not valid JSON" in capsys.readouterr().err

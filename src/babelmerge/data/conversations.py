@@ -11,7 +11,6 @@ A violation raises :class:`BabelmergeError` naming the record (``file:line``, ``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 from babelmerge.errors import BabelmergeError
 
 from .config import SourceConfig
-from .sources import _txt_lines, load_hf_dataset, resolve_files
+from .sources import jsonl_records, load_hf_dataset, resolve_files
 
 ROLES = ("system", "user", "assistant")
 CHAT_SUFFIXES = (".jsonl", ".parquet")
@@ -122,13 +121,7 @@ def _records(src: SourceConfig) -> Iterator[tuple[str, dict]]:
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
-    for lineno, line in enumerate(_txt_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BabelmergeError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, obj in jsonl_records(path):
         yield f"{path}:{lineno}", obj
 
 

@@ -120,15 +120,20 @@ def _txt_lines(path: Path) -> Iterator[str]:
             yield line
 
 
-def _jsonl_texts(src: SourceConfig, path: Path) -> Iterator[str]:
-    """The ``text_field`` of every JSON object, one per line; blank lines are skipped."""
+def jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
+    """``(line number, parsed JSON)`` for every non-blank line; a bad line is an error naming ``file:line``."""
     for lineno, line in enumerate(_txt_lines(path), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
             raise BabelmergeError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
+def _jsonl_texts(src: SourceConfig, path: Path) -> Iterator[str]:
+    """The ``text_field`` of every JSON object, one per line; blank lines are skipped."""
+    for lineno, obj in jsonl_records(path):
         if not isinstance(obj, dict):
             raise BabelmergeError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         if src.text_field not in obj:

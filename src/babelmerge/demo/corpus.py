@@ -46,7 +46,7 @@ class Corpus:
     source_heldout: Path
     target_heldout: Path
     sft_train: Path  # source-language instruction data (prompt/response JSONL)
-    instruct_eval: Path  # target-language prompts with expected answers (prompt/answer JSONL)
+    instruct_eval: Path  # source- and target-language prompts with expected answers (prompt/answer JSONL)
     description: str
 
 
@@ -59,21 +59,21 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def synthetic_corpus(
-    folder: Path, *, n_train_docs: int, n_heldout_docs: int, n_sft: int, seed: int
+    folder: Path, *, n_source_docs: int, n_target_docs: int, n_heldout_docs: int, n_sft: int, seed: int
 ) -> Corpus:
     """Generate (once) the synthetic corpus into ``folder``."""
     if not (folder / "complete").exists():
         with atomic_dir(folder, overwrite=True) as tmp:
-            src, tgt = synthetic.documents(n_train_docs, seed)
-            # the two halves are not translations of each other: each language gets its own documents
-            half = n_train_docs // 2
-            _write_lines(tmp / "source_train.txt", src[:half])
-            _write_lines(tmp / "target_train.txt", tgt[half:])
+            # the two training sides are drawn separately: they are not translations of each other
+            _write_lines(tmp / "source_train.txt", synthetic.documents(n_source_docs, seed)[0])
+            _write_lines(tmp / "target_train.txt", synthetic.documents(n_target_docs, seed + 10)[1])
             src_h, tgt_h = synthetic.documents(n_heldout_docs, seed + 1)
             _write_lines(tmp / "source_heldout.txt", src_h)
             _write_lines(tmp / "target_heldout.txt", tgt_h)
             _write_jsonl(tmp / "sft_train.jsonl", synthetic.instruction_examples(n_sft, seed + 2))
-            evals = synthetic.instruction_examples(64, seed + 3, language="target")
+            # half source-language prompts (what the SFT model was taught), half target-language ones (transfer)
+            evals = synthetic.instruction_examples(32, seed + 3)
+            evals += synthetic.instruction_examples(32, seed + 4, language="target")
             _write_jsonl(
                 tmp / "instruct_eval.jsonl", [{"prompt": e["prompt"], "answer": e["response"]} for e in evals]
             )
@@ -142,7 +142,8 @@ def real_corpus(
                 for w in rng.choices(src_words, k=n_sft)
             ]
             _write_jsonl(tmp / "sft_train.jsonl", sft)
-            evals = [{"prompt": f"{commands['target']} {w}", "answer": w} for w in rng.sample(tgt_words, 64)]
+            evals = [{"prompt": f"{commands['source']} {w}", "answer": w} for w in rng.sample(src_words, 32)]
+            evals += [{"prompt": f"{commands['target']} {w}", "answer": w} for w in rng.sample(tgt_words, 32)]
             _write_jsonl(tmp / "instruct_eval.jsonl", evals)
             (tmp / "complete").write_text(f"{data_dir}\n")
     return Corpus(

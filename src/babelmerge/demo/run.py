@@ -8,8 +8,8 @@
    data and budget, with and without 25 % source replay, at two learning rates.
 5. A source-language instruction-tuned (SFT) model from the same base, merged with the continually trained (CT)
    model by task arithmetic, TIES and TIES-SV (the low-resource recipe of Tao et al.).
-6. Evaluation of every model (bits per byte on held-out source and target text, target-language instruction
-   accuracy, weight change), interpolation curves for the two high-learning-rate runs, and a report.
+6. Evaluation of every model (bits per byte on held-out source and target text, instruction accuracy on
+   `say: X` / `кажи: X` prompts — half source, half target language — and weight change), interpolation curves for the two high-learning-rate runs, and a report.
 
 Every stage writes into ``out_dir`` and is skipped when its output is complete, so a rerun is fast.
 """
@@ -40,7 +40,8 @@ class Budget:
     pretrain_tokens: int
     adapt_tokens: int
     sft_tokens: int
-    train_docs: int
+    source_docs: int
+    target_docs: int
     heldout_docs: int
     sft_examples: int
     batch: int
@@ -56,10 +57,11 @@ FULL = Budget(
     block=128,
     pretrain_tokens=1_600_000,
     adapt_tokens=240_000,
-    sft_tokens=40_000,
-    train_docs=24_000,
+    sft_tokens=160_000,
+    source_docs=32_000,
+    target_docs=8_000,
     heldout_docs=300,
-    sft_examples=3000,
+    sft_examples=12_000,
     batch=16,
     pretrain_lr=2e-3,
     lrs=(1e-3, 2.5e-4),
@@ -72,10 +74,11 @@ QUICK = Budget(
     block=64,
     pretrain_tokens=120_000,
     adapt_tokens=32_768,
-    sft_tokens=8_192,
-    train_docs=2_000,
+    sft_tokens=24_000,
+    source_docs=3_000,
+    target_docs=1_000,
     heldout_docs=40,
-    sft_examples=600,
+    sft_examples=2_000,
     batch=8,
     pretrain_lr=3e-3,
     lrs=(2e-3, 5e-4),
@@ -163,7 +166,8 @@ def run_demo(
     else:
         corpus = synthetic_corpus(
             work / "corpus",
-            n_train_docs=b.train_docs,
+            n_source_docs=b.source_docs,
+            n_target_docs=b.target_docs,
             n_heldout_docs=b.heldout_docs,
             n_sft=b.sft_examples,
             seed=seed,
@@ -233,7 +237,7 @@ def run_demo(
                 **_data([(corpus.sft_train, 1.0)], b.sft_tokens, b, seed + 2, cache, fmt="chat"),
                 "packing": True,
             },
-            "optim": _optim(b, b.lrs[1]),
+            "optim": _optim(b, b.lrs[0]),
         }
     )
     ct = adapted["standard_lr_hi"]

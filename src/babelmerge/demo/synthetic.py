@@ -90,6 +90,34 @@ TIMES = {
 CONNECT = {"and then": "и после", "because": "защото", "while": "докато"}
 
 
+SOURCE_SYLLABLES = "ba ko ri ten lo mi sar du fen pol gri vu nel tam bro sil".split()
+TARGET_SYLLABLES = "бо ка ри зе лу мо щи ти въ жа пе ня гу до си чо".split()
+
+
+def _coin_words(lexicon: dict[str, str], n: int, seed: int, *, source_suffix: str = "") -> None:
+    """Add ``n`` invented word pairs to ``lexicon`` (deterministic): the small core vocabulary above makes both
+    languages too easy to learn; a few hundred coined words give them a realistic long tail."""
+    rng = random.Random(seed)
+    taken_src, taken_tgt = set(lexicon), set(lexicon.values())
+    while n:
+        k = rng.choice((2, 2, 3))
+        src = "".join(rng.choice(SOURCE_SYLLABLES) for _ in range(k)) + source_suffix
+        tgt = "".join(rng.choice(TARGET_SYLLABLES) for _ in range(k))
+        if src in taken_src or tgt in taken_tgt:
+            continue
+        lexicon[src] = tgt
+        taken_src.add(src)
+        taken_tgt.add(tgt)
+        n -= 1
+
+
+# The instruction task uses only the core words (short, frequent, learnable by a tiny model).
+CORE_NOUNS, CORE_ADJECTIVES = dict(NOUNS), dict(ADJECTIVES)
+_coin_words(NOUNS, 250, seed=1)
+_coin_words(VERBS, 60, seed=2, source_suffix="s")
+_coin_words(ADJECTIVES, 60, seed=3)
+
+
 @dataclass(frozen=True)
 class Clause:
     """One meaning: who does what to what, optionally with adjectives, a place and a time."""
@@ -172,15 +200,15 @@ def instruction_examples(n: int, seed: int, *, language: str = "source") -> list
     """
     rng = random.Random(seed)
     out = []
-    words = list(NOUNS) + list(ADJECTIVES)
+    words = list(CORE_NOUNS) + list(CORE_ADJECTIVES)
     for _ in range(n):
         if language == "source":
             w = rng.choice(words)
-            if rng.random() < 0.5 or w in ADJECTIVES:
+            if rng.random() < 0.5 or w in CORE_ADJECTIVES:
                 out.append({"prompt": f"say: {w}", "response": w})
             else:
                 out.append({"prompt": f"plural: {w}", "response": plural(w)})
         else:
-            w = rng.choice(list(NOUNS.values()) + list(ADJECTIVES.values()))
+            w = rng.choice(list(CORE_NOUNS.values()) + list(CORE_ADJECTIVES.values()))
             out.append({"prompt": f"кажи: {w}", "response": w})
     return out

@@ -8,13 +8,13 @@ the answer; ``match="contains"`` looks for the answer inside it; ``ignore_case``
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..chat import render
+from ..data.sources import jsonl_records
 from ..errors import BabelmergeError
 
 
@@ -30,13 +30,7 @@ def load_instruction_examples(path: str | Path) -> list[InstructionExample]:
     if not path.exists():
         raise BabelmergeError(f"{path}: no such file")
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BabelmergeError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+    for i, row in jsonl_records(path):
         if not isinstance(row, dict) or "prompt" not in row or not ("answer" in row or "answers" in row):
             raise BabelmergeError(f"{path}:{i}: expected an object with 'prompt' and 'answer' (or 'answers')")
         answers = row.get("answers", [row.get("answer")])

@@ -128,6 +128,29 @@ def evaluate_initial(ctx: LoopContext) -> None:
         ctx.state.add_records(_eval_records(ctx, Path(ctx.cfg.model), -1))
 
 
+def _spec(
+    ctx: LoopContext, name: str, base: Path, slices: list[int], out_dir: Path, tags: dict
+) -> BranchSpec:
+    """One Trainer run from ``base`` over ``slices`` (in order): steps_per_slice optimiser steps per slice."""
+    cfg = ctx.cfg
+    return BranchSpec(
+        name=name,
+        base_model=str(base),
+        tokenizer=str(ctx.tokenizer_dir),
+        slice_files=[str(ctx.run.slice_file(j)) for j in slices],
+        out_dir=str(out_dir),
+        max_steps=ctx.steps_per_slice * len(slices),
+        tokens_per_step=ctx.tokens_per_step,
+        seed=cfg.seed,
+        optim=cfg.optim.model_dump(),
+        save_steps=cfg.save_steps,
+        logging_steps=cfg.logging_steps,
+        training_args=dict(cfg.training_args),
+        progress=cfg.progress,
+        tags=tags,
+    )
+
+
 def run_bam(ctx: LoopContext) -> Path:
     """The BaM loop; returns the folder of the last base."""
     cfg, run, state = ctx.cfg, ctx.run, ctx.state
@@ -142,21 +165,13 @@ def run_bam(ctx: LoopContext) -> Path:
             continue
         log.info("iteration %d/%d: %d branches from %s", i + 1, cfg.n_iterations, len(slices), base)
         specs = [
-            BranchSpec(
-                name=f"iter{i:03d}/branch{k}",
-                base_model=str(base),
-                tokenizer=str(ctx.tokenizer_dir),
-                slice_files=[str(run.slice_file(j))],
-                out_dir=str(run.branch_dir(i, k)),
-                max_steps=ctx.steps_per_slice,
-                tokens_per_step=ctx.tokens_per_step,
-                seed=cfg.seed,
-                optim=cfg.optim.model_dump(),
-                save_steps=cfg.save_steps,
-                logging_steps=cfg.logging_steps,
-                training_args=dict(cfg.training_args),
-                progress=cfg.progress,
-                tags={"iteration": i, "branch": k, "slice": j},
+            _spec(
+                ctx,
+                f"iter{i:03d}/branch{k}",
+                base,
+                [j],
+                run.branch_dir(i, k),
+                {"iteration": i, "branch": k, "slice": j},
             )
             for k, j in enumerate(slices)
         ]
@@ -231,21 +246,13 @@ def run_standard(ctx: LoopContext) -> Path:
     cfg, run, state = ctx.cfg, ctx.run, ctx.state
     if state.iteration(0) is not None:
         return state.base_after(0)
-    spec = BranchSpec(
-        name="standard",
-        base_model=str(Path(cfg.model).expanduser().absolute()),
-        tokenizer=str(ctx.tokenizer_dir),
-        slice_files=[str(run.slice_file(j)) for j in range(cfg.n_slices)],
-        out_dir=str(run.standard_dir),
-        max_steps=ctx.steps_per_slice * cfg.n_slices,
-        tokens_per_step=ctx.tokens_per_step,
-        seed=cfg.seed,
-        optim=cfg.optim.model_dump(),
-        save_steps=cfg.save_steps,
-        logging_steps=cfg.logging_steps,
-        training_args=dict(cfg.training_args),
-        progress=cfg.progress,
-        tags={"iteration": 0, "branch": 0, "slice": "all"},
+    spec = _spec(
+        ctx,
+        "standard",
+        Path(cfg.model).expanduser().absolute(),
+        list(range(cfg.n_slices)),
+        run.standard_dir,
+        {"iteration": 0, "branch": 0, "slice": "all"},
     )
     (result,) = ctx.backend.run([spec])
     if ctx.progress is not None:
