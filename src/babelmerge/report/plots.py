@@ -116,7 +116,10 @@ def trajectories(runs: dict[str, list[dict]], out: Path) -> Path | None:
         for name, pts in sorted(by_file.items()):
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{run}: {name}")
-    ax.set_xlabel("iteration (after merge)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration (score after its merge; −1 = the initial model)")
     ax.set_ylabel("held-out score (bits/byte, or loss)")
     ax.set_title("Training trajectory per iteration")
     ax.legend(fontsize=7)
