@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,30 +37,32 @@ def _refuse_managed(body: dict, key: str, where: str, value: str) -> None:
         raise BabelmergeError(f"{where}.{key} is set by the pipeline (to {value}); remove it")
 
 
-class StepKind:
+class StepKind(ABC):
     """Interface of a step kind; see the module docstring."""
 
     name: ClassVar[str]
 
+    @abstractmethod
     def output(self, step_dir: Path) -> Path:
-        raise NotImplementedError
+        """Where the step's result lives inside ``step_dir``."""
 
+    @abstractmethod
     def validate(self, body: dict, raw: dict, step_dir: Path, where: str) -> BaseModel:
         """The step's config from its (reference-substituted) ``body``; ``raw`` is the body as written."""
-        raise NotImplementedError
 
+    @abstractmethod
     def fingerprint(self, cfg: BaseModel) -> str:
-        raise NotImplementedError
+        """A hash of everything in ``cfg`` that decides the output (a change means the step runs again)."""
 
+    @abstractmethod
     def check(self, cfg: BaseModel, where: str, checkable: Inputs, max_base_distance: float | None) -> None:
         """Checks of the inputs that exist now (files, models, compatibility); the rest is checked at run time."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run(
         self, cfg: BaseModel, step_dir: Path, *, where: str, max_base_distance: float | None, progress: bool
     ) -> None:
         """Produce the output in ``step_dir``; errors start with ``where``."""
-        raise NotImplementedError
 
 
 class TrainStep(StepKind):
