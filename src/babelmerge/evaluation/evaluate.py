@@ -24,7 +24,7 @@ from ..errors import BabelmergeError
 from .bits_per_byte import score_texts
 from .instruction_accuracy import instruction_accuracy, load_instruction_examples
 from .interpolation import interpolation_curve
-from .weight_change import layer_of, weight_change
+from .weight_change import change_norms, weight_change
 
 RESULT_MARKER = "babelmerge_eval"
 
@@ -186,21 +186,13 @@ def _score_point(
 
 
 def _in_memory_change(model, reference: dict[str, torch.Tensor], ref_name: str) -> dict:
-    sq: dict[str, float] = {}
-    ref_sq = 0.0
-    for name, theta in model.state_dict().items():
-        if name not in reference or not theta.is_floating_point():
-            continue
-        d = theta.double() - reference[name].double()
-        sq[layer_of(name)] = sq.get(layer_of(name), 0.0) + float(torch.sum(d * d))
-        ref_sq += float(torch.sum(reference[name].double() ** 2))
-    total = math.sqrt(sum(sq.values()))
-    return {
-        "reference": ref_name,
-        "l2": total,
-        "relative": total / math.sqrt(ref_sq),
-        "per_layer": {k: math.sqrt(v) for k, v in sq.items()},
-    }
+    """Weight change of a loaded model (e.g. an interpolation point) from a reference state dict."""
+    pairs = (
+        (name, theta, reference[name])
+        for name, theta in model.state_dict().items()
+        if name in reference and theta.is_floating_point()
+    )
+    return change_norms(pairs, ref_name)
 
 
 def evaluate(config: EvalConfig | dict) -> list[Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -29,24 +30,35 @@ def weight_change(model_ref: str, reference_ref: str) -> dict:
     if set(model.tensors) != set(ref.tensors):
         diff = sorted(set(model.tensors) ^ set(ref.tensors))[0]
         raise BabelmergeError(f"tensor '{diff}' is in only one of '{model_ref}' and '{reference_ref}'")
+
+    def pairs() -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+        for name in ref.tensors:
+            if not ref.dtype(name).is_floating_point:
+                continue
+            if model.shape(name) != ref.shape(name):
+                raise BabelmergeError(
+                    f"tensor '{name}' has shape {list(model.shape(name))} in '{model_ref}' "
+                    f"but {list(ref.shape(name))} in '{reference_ref}'"
+                )
+            yield name, model.read(name), ref.read(name)
+
+    return change_norms(pairs(), str(reference_ref))
+
+
+def change_norms(pairs: Iterable[tuple[str, torch.Tensor, torch.Tensor]], reference: str) -> dict:
+    """``{"reference", "l2": ‖θ − θ_ref‖, "relative": ‖θ − θ_ref‖ / ‖θ_ref‖, "per_layer": {layer: l2}}`` from
+    ``(name, θ, θ_ref)`` tensor pairs (accumulated in float64, one pair at a time)."""
     sq: dict[str, float] = {}
     ref_sq = 0.0
-    for name in ref.tensors:
-        if not ref.dtype(name).is_floating_point:
-            continue
-        if model.shape(name) != ref.shape(name):
-            raise BabelmergeError(
-                f"tensor '{name}' has shape {list(model.shape(name))} in '{model_ref}' "
-                f"but {list(ref.shape(name))} in '{reference_ref}'"
-            )
-        a, b = model.read(name).double(), ref.read(name).double()
+    for name, theta, theta_ref in pairs:
+        a, b = theta.double(), theta_ref.double()
         key = layer_of(name)
         sq[key] = sq.get(key, 0.0) + float(torch.sum((a - b) ** 2))
         ref_sq += float(torch.sum(b**2))
     total = math.sqrt(sum(sq.values()))
     per_layer = {k: math.sqrt(v) for k, v in sorted(sq.items(), key=lambda kv: _layer_sort_key(kv[0]))}
     return {
-        "reference": str(reference_ref),
+        "reference": reference,
         "l2": total,
         "relative": total / math.sqrt(ref_sq),
         "per_layer": per_layer,
