@@ -243,3 +243,23 @@ def test_overwrite_replaces_only_when_done(tiny_models, tmp_path):
     merge(config_for("model_stock", tiny_models), out, overwrite=True, progress=False)
     assert yaml.safe_load((out / "babelmerge_config.yaml").read_text())["merge_method"] == "model_stock"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_failing_write_stops_the_merge_and_leaves_nothing(tiny_models, tmp_path, monkeypatch):
+    """Writes run on a background thread: its error must reach the caller and the temporary folder must go."""
+    from babelmerge import safetensors_stream
+
+    written: list[str] = []
+    real_write = safetensors_stream.StreamingWriter.write
+
+    def failing_write(self, name, tensor):
+        if len(written) == 3:
+            raise OSError(28, "No space left on device")
+        written.append(name)
+        real_write(self, name, tensor)
+
+    monkeypatch.setattr(safetensors_stream.StreamingWriter, "write", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        merge(config_for("ties", tiny_models), tmp_path / "out", progress=False)
+    assert len(written) == 3
+    assert list(tmp_path.iterdir()) == []

@@ -193,7 +193,7 @@ def tensor_generator(seed: int, name: str) -> torch.Generator:
 
 
 def merge_tensor(plan: MergePlan, name: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Merge one tensor: cast the inputs to the compute dtype/device, call the method, cast to the output dtype."""
+    """Merge one tensor: cast the inputs to the compute dtype/device (if not yet done), call the method."""
     if name not in plan.params:  # integer/bool buffers are copied from the reference model
         return inputs[plan.reference.ref]
 
@@ -208,22 +208,58 @@ def merge_tensor(plan: MergePlan, name: str, inputs: dict[str, torch.Tensor]) ->
     return plan.method.fn([prep(ck) for ck in plan.models], **kwargs)
 
 
-def read_checked(ck: Checkpoint, name: str) -> torch.Tensor:
-    """Read one input tensor and refuse NaN or inf (runs on the reader threads, overlapping compute).
+def read_checked(ck: Checkpoint, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Read one input tensor, refuse NaN or inf, and cast a float tensor to the compute device and dtype.
 
-    NaN propagates into the minimum and maximum and inf is one of them, so checking those two values is
-    equivalent to checking every element, and several times cheaper.
+    Runs on the reader threads, overlapping the merge of the previous tensor. NaN propagates into the minimum and
+    maximum and inf is one of them, so checking those two values is equivalent to checking every element, and
+    several times cheaper.
     """
     t = ck.read(name)
-    if t.is_floating_point() and t.numel() and not torch.isfinite(torch.stack(torch.aminmax(t))).all():
+    if not t.is_floating_point():
+        return t
+    if t.numel() and not torch.isfinite(torch.stack(torch.aminmax(t))).all():
         raise BabelmergeError(f"model '{ck.ref}': tensor '{name}' contains non-finite values (NaN or inf)")
-    return t
+    return t.to(device=device, dtype=dtype)
+
+
+class _OrderedWriter:
+    """Writes merged tensors on one background thread, in submission order, with a bounded queue.
+
+    The output tensors waiting to be written are the engine's only output buffer: at most ``depth`` of them.
+    The first failure is re-raised on the calling thread by the next :meth:`submit` or by :meth:`drain`.
+    """
+
+    def __init__(self, depth: int):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="babelmerge-write")
+        self._pending: deque[Future] = deque()
+        self._depth = depth
+
+    def submit(self, fn, *args) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) > self._depth or (self._pending and self._pending[0].done()):
+            self._pending.popleft().result()
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def shutdown(self) -> None:
+        """Cancel what has not started, wait for what has (so no file is still being written)."""
+        for f in self._pending:
+            f.cancel()
+        self._pool.shutdown(wait=True)
 
 
 def execute_plan(
     plan: MergePlan, shards: list[list[PlannedTensor]], out: Path, *, progress: bool, prefetch: int = 2
 ):
-    """Stream every tensor through the method into the planned shards in ``out``; write the index if sharded."""
+    """Stream every tensor through the method into the planned shards in ``out``; write the index if sharded.
+
+    Three stages overlap: reader threads read, check and cast the inputs of the next ``prefetch`` tensor names;
+    the calling thread runs the merge method; a writer thread casts each result to its output dtype and appends
+    it to its shard (at most ``prefetch`` results wait for it).
+    """
     from tqdm.auto import tqdm
 
     # Each distinct checkpoint is read once per tensor name, even if it plays several roles.
@@ -236,41 +272,58 @@ def execute_plan(
     )
     pending: deque[tuple[str, list[Future]]] = deque()
     workers = max(2, min(8, len(checkpoints)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="babelmerge-read") as pool:
-        upcoming = iter(names)
+    writers: list[StreamingWriter] = []
+    output = _OrderedWriter(depth=prefetch)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="babelmerge-read") as pool:
+            upcoming = iter(names)
 
-        def submit_next() -> None:
-            name = next(upcoming, None)
-            if name is not None:
-                pending.append((name, [pool.submit(read_checked, ck, name) for ck in checkpoints]))
+            def submit_next() -> None:
+                name = next(upcoming, None)
+                if name is not None:
+                    reads = [
+                        pool.submit(read_checked, ck, name, plan.device, plan.compute_dtype)
+                        for ck in checkpoints
+                    ]
+                    pending.append((name, reads))
 
-        for _ in range(prefetch + 1):
-            submit_next()
-        try:
-            for shard, file in zip(shards, files):
-                writer = StreamingWriter(out / file, shard)
-                try:
+            for _ in range(prefetch + 1):
+                submit_next()
+            try:
+                for shard, file in zip(shards, files):
+                    writer = StreamingWriter(out / file, shard)
+                    writers.append(writer)
                     for planned in shard:
                         name, futures = pending.popleft()
                         submit_next()
                         inputs = {ck.ref: f.result() for ck, f in zip(checkpoints, futures)}
                         merged = merge_tensor(plan, name, inputs)
-                        writer.write(name, merged.to(planned.dtype))
-                        del inputs, merged
+                        del inputs
+                        output.submit(_write_one, writer, name, merged, planned.dtype)
+                        del merged
                         bar.update(planned.nbytes)
-                    writer.close()
-                except BaseException:
-                    writer.abort()
-                    raise
-        finally:
-            for _, futures in pending:
-                for f in futures:
-                    f.cancel()
-            bar.close()
+                    output.submit(writer.close)
+                output.drain()
+            finally:
+                for _, futures in pending:
+                    for f in futures:
+                        f.cancel()
+    except BaseException:
+        output.shutdown()
+        for writer in writers:
+            writer.abort()
+        raise
+    finally:
+        output.shutdown()
+        bar.close()
     if len(shards) > 1:
         weight_map = {t.name: file for shard, file in zip(shards, files) for t in shard}
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         atomic_write_text(out / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+
+
+def _write_one(writer: StreamingWriter, name: str, tensor: torch.Tensor, dtype: torch.dtype) -> None:
+    writer.write(name, tensor.to(dtype))
 
 
 def _copy_aux_files(plan: MergePlan, out: Path) -> None:

@@ -88,10 +88,12 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, TensorInfo]:
 
 def read_tensor(info: TensorInfo) -> torch.Tensor:
     """Read one tensor with a single positional read (safe to call from several threads)."""
-    buf = bytearray(info.nbytes)
+    out = torch.empty(info.shape, dtype=info.dtype)
+    if info.nbytes == 0:
+        return out
     fd = os.open(info.file, os.O_RDONLY)
     try:
-        view = memoryview(buf)
+        view = memoryview(out.view(-1).view(torch.uint8).numpy())
         done = 0
         while done < info.nbytes:
             got = os.preadv(fd, [view[done:]], info.start + done)
@@ -100,9 +102,7 @@ def read_tensor(info: TensorInfo) -> torch.Tensor:
             done += got
     finally:
         os.close(fd)
-    if info.nbytes == 0:
-        return torch.empty(info.shape, dtype=info.dtype)
-    return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
+    return out
 
 
 @dataclass(frozen=True)

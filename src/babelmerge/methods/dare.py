@@ -14,22 +14,23 @@ RESCALE = Param("rescale", True, kind=bool, doc="divide kept entries by density 
 
 
 def dare_drop(
-    tau: torch.Tensor, density: Sequence[float], generator: torch.Generator | None, rescale: bool = True
-) -> torch.Tensor:
+    tau: list[torch.Tensor], density: Sequence[float], generator: torch.Generator | None, rescale: bool = True
+) -> list[torch.Tensor]:
     """Keep each entry of τ_t with probability d_t (Bernoulli mask m_t), then divide by d_t: m_t ⊙ τ_t / d_t.
+
+    Works in place on the task vectors ``tau`` and returns them.
 
     The masks are drawn on the CPU from ``generator``, one model after the other, so the same seed gives
     bit-identical results on any device. Density 1 keeps everything untouched.
     """
-    out = []
     for t, d in zip(tau, density):
         if d >= 1.0:
-            out.append(t)
             continue
         keep = torch.rand(t.shape, generator=generator, dtype=torch.float32) < d
-        kept = t * keep.to(t.device)
-        out.append(kept / d if rescale else kept)
-    return torch.stack(out)
+        t.mul_(keep.to(t.device))
+        if rescale:
+            t.div_(d)
+    return tau
 
 
 @register(

@@ -9,19 +9,21 @@ import torch
 from . import LAMBDA, WEIGHT, normalize_param, register
 
 
-def task_vectors(base: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stack of task vectors τ_t = θ_t − θ_base, shape ``(T, *base.shape)``."""
-    return torch.stack([t - base for t in tensors])
+def task_vectors(base: torch.Tensor, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The task vectors τ_t = θ_t − θ_base, one new tensor per model."""
+    return [t - base for t in tensors]
 
 
-def weighted_sum(tau: torch.Tensor, weight: Sequence[float]) -> torch.Tensor:
-    """Σ_t w_t τ_t over the first dimension of ``tau``."""
-    w = torch.tensor(weight, dtype=tau.dtype, device=tau.device)
-    return torch.einsum("t,t...->...", w, tau)
+def weighted_sum(tau: Sequence[torch.Tensor], weight: Sequence[float]) -> torch.Tensor:
+    """Σ_t w_t τ_t over the first dimension of ``tau`` (accumulated model by model, no stacked products)."""
+    total = tau[0] * weight[0]
+    for t, w in zip(tau[1:], weight[1:]):
+        total.add_(t, alpha=w)
+    return total
 
 
 def combine_sum(
-    base: torch.Tensor, tau: torch.Tensor, weight: Sequence[float], lambda_: float, normalize: bool
+    base: torch.Tensor, tau: Sequence[torch.Tensor], weight: Sequence[float], lambda_: float, normalize: bool
 ) -> torch.Tensor:
     """θ_base + λ Σ_t w_t τ_t (the sum divided by Σ_t w_t when ``normalize``)."""
     delta = weighted_sum(tau, weight)
@@ -29,8 +31,10 @@ def combine_sum(
         total = float(sum(weight))
         if total == 0.0:
             raise ValueError("weights sum to zero, cannot normalise")
-        delta = delta / total
-    return base + lambda_ * delta
+        delta.div_(total)
+    if lambda_ != 1.0:
+        delta.mul_(lambda_)
+    return delta.add_(base)
 
 
 @register("task_arithmetic", params=[WEIGHT, LAMBDA, normalize_param(False)], needs_base=True)

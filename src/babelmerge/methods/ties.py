@@ -19,84 +19,84 @@ from collections.abc import Sequence
 import torch
 
 from . import DENSITY, LAMBDA, WEIGHT, Param, normalize_param, register
+from .magnitude import keep_top_fraction_, top_fraction_mask
 from .task_arithmetic import task_vectors
+
+__all__ = ["ties", "ties_sv", "top_fraction_mask", "trim_", "elect_sign", "disjoint_merge", "ties_combine"]
 
 SLACK = Param(
     "slack", 0.0, per_model=True, low=0.0, high=1.0, doc="fraction of τ_t protected in the election"
 )
 
 
-def top_fraction_mask(x: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Boolean mask of the k = ⌊fraction · numel⌋ entries of ``x`` with the largest magnitude.
-
-    Exactly k entries are kept. Entries tied at the threshold magnitude are taken in flat-index order (earlier
-    first), so the result is deterministic, and the mask for a smaller fraction is a subset of the mask for a
-    larger one.
-    """
-    n = x.numel()
-    k = int(fraction * n)
-    if k >= n:
-        return torch.ones_like(x, dtype=torch.bool)
-    if k <= 0:
-        return torch.zeros_like(x, dtype=torch.bool)
-    mag = x.abs().flatten()
-    threshold = mag.kthvalue(n - k + 1).values  # the k-th largest magnitude
-    above = mag > threshold
-    need = k - int(above.sum())
-    tied = (mag == threshold).nonzero().squeeze(1)[:need]  # flat indices in increasing order
-    above[tied] = True
-    return above.view_as(x)
+def trim_(tau: list[torch.Tensor], density: Sequence[float]) -> list[torch.Tensor]:
+    """τ̂_t, in place: each task vector with all but its top-``density_t`` fraction of entries set to zero."""
+    for t, d in zip(tau, density):
+        keep_top_fraction_(t, d)
+    return tau
 
 
-def trim(tau: torch.Tensor, density: Sequence[float]) -> torch.Tensor:
-    """τ̂_t: each task vector with all but its top-``density_t`` fraction of entries (by magnitude) set to zero."""
-    return torch.stack([t * top_fraction_mask(t, d) if d < 1.0 else t for t, d in zip(tau, density)])
+def weigh_(tau: list[torch.Tensor], weight: Sequence[float]) -> list[torch.Tensor]:
+    """w_t τ_t for each task vector, in place."""
+    for t, w in zip(tau, weight):
+        if w != 1.0:
+            t.mul_(w)
+    return tau
 
 
-def _sign(x: torch.Tensor) -> torch.Tensor:
-    """+1 where ``x`` ≥ 0, −1 elsewhere (a zero sum elects +1, as in mergekit)."""
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-
-
-def elect_sign(weighted: torch.Tensor) -> torch.Tensor:
-    """γ = sign(Σ_t w_t τ̂_t) per entry, given the stack of weighted trimmed task vectors."""
-    return _sign(weighted.sum(dim=0))
+def elect_sign(weighted: Sequence[torch.Tensor]) -> torch.Tensor:
+    """γ = sign(Σ_t w_t τ̂_t) per entry as a boolean "γ = +1", given the w_t τ̂_t (a zero sum elects +)."""
+    total = weighted[0].clone()
+    for t in weighted[1:]:
+        total.add_(t)
+    return total >= 0
 
 
 def disjoint_merge(
-    weighted: torch.Tensor, weight: Sequence[float], sign: torch.Tensor, normalize: bool
+    weighted: Sequence[torch.Tensor], weight: Sequence[float], positive: torch.Tensor, normalize: bool
 ) -> torch.Tensor:
     """Σ_{t ∈ A} w_t τ̂_t / Σ_{t ∈ A} w_t per entry, A = models whose w_t τ̂_t has the elected sign.
 
-    Zero entries never agree. Without ``normalize`` the sum is not divided. Entries where no model agrees are 0.
+    ``positive`` marks the entries whose elected sign is +. Zero entries never agree. Without ``normalize`` the
+    sum is not divided; a zero divisor counts as 1 (entries where no model agrees are 0).
+
+    Computed as two running sums, one over the positive and one over the negative entries of each w_t τ̂_t
+    (and their weights), then picked per entry by the elected sign: no per-model agreement mask is stored.
+    The tensors in ``weighted`` serve as scratch space and are overwritten.
     """
-    agree = torch.sign(weighted) == sign
-    merged = (weighted * agree).sum(dim=0)
-    if not normalize:
-        return merged
-    w = torch.tensor(weight, dtype=weighted.dtype, device=weighted.device).view(-1, *[1] * sign.dim())
-    divisor = (w * agree).sum(dim=0)
-    divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-    return merged / divisor
-
-
-def _weights_view(weight: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(weight, dtype=like.dtype, device=like.device).view(-1, *[1] * (like.dim() - 1))
+    pos_sum = torch.zeros_like(weighted[0])
+    neg_sum = torch.zeros_like(weighted[0])
+    pos_w = torch.zeros_like(weighted[0]) if normalize else None
+    neg_w = torch.zeros_like(weighted[0]) if normalize else None
+    for t, w in zip(weighted, weight):
+        part = t.clamp(min=0)
+        pos_sum.add_(part)
+        neg_sum.add_(t.sub_(part))  # t − max(t, 0) = min(t, 0), in t's own storage
+        if normalize:  # sign() is 1 on the positive part's non-zero entries, −1 on the negative part's
+            pos_w.add_(part.sign_(), alpha=w)
+            neg_w.sub_(t.sign_(), alpha=w)
+    if normalize:  # a zero divisor counts as 1
+        pos_sum.div_(pos_w.add_(pos_w == 0))
+        neg_sum.div_(neg_w.add_(neg_w == 0))
+    return torch.where(positive, pos_sum, neg_sum)
 
 
 def ties_combine(
     base: torch.Tensor,
-    tau_hat: torch.Tensor,
+    tau_hat: list[torch.Tensor],
     weight: Sequence[float],
     lambda_: float,
     normalize: bool,
-    sign: torch.Tensor | None = None,
+    positive: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """θ_base + λ · disjoint_merge(w_t τ̂_t) with the elected sign (or the ``sign`` given)."""
-    weighted = tau_hat * _weights_view(weight, tau_hat)
-    if sign is None:
-        sign = elect_sign(weighted)
-    return base + lambda_ * disjoint_merge(weighted, weight, sign, normalize)
+    """θ_base + λ · disjoint_merge(w_t τ̂_t) with the elected sign (or the given one). Consumes ``tau_hat``."""
+    weighted = weigh_(tau_hat, weight)
+    if positive is None:
+        positive = elect_sign(weighted)
+    merged = disjoint_merge(weighted, weight, positive, normalize)
+    if lambda_ != 1.0:
+        merged.mul_(lambda_)
+    return merged.add_(base)
 
 
 @register("ties", params=[WEIGHT, DENSITY, LAMBDA, normalize_param(True)], needs_base=True)
@@ -114,8 +114,7 @@ def ties(
     τ̂_t keeps the top-``density_t`` fraction of τ_t = θ_t − θ_base by magnitude (exactly ⌊d·n⌋ entries, ties
     at the threshold taken in index order). Without ``normalize`` the agreeing sum is not divided.
     """
-    tau_hat = trim(task_vectors(base, tensors), density)
-    return ties_combine(base, tau_hat, weight, lambda_, normalize)
+    return ties_combine(base, trim_(task_vectors(base, tensors), density), weight, lambda_, normalize)
 
 
 def _check_slack(params: dict) -> str | None:
@@ -149,12 +148,11 @@ def ties_sv(
     gives TIES exactly.
     """
     tau = task_vectors(base, tensors)
-    tau_hat = trim(tau, density)
-    w = _weights_view(weight, tau)
-    weighted = tau_hat * w
-    sign = elect_sign(weighted)
-    if any(s > 0 for s in slack):
-        protected = torch.stack([t * top_fraction_mask(t, s) for t, s in zip(tau, slack)]) * w
-        has_protected = (protected != 0).any(dim=0)
-        sign = torch.where(has_protected, _sign(protected.sum(dim=0)), sign)
-    return base + lambda_ * disjoint_merge(weighted, weight, sign, normalize)
+    if not any(s > 0 for s in slack):
+        return ties_combine(base, trim_(tau, density), weight, lambda_, normalize)
+    protected = weigh_([t * top_fraction_mask(t, s) for t, s in zip(tau, slack)], weight)
+    has_protected = torch.stack(protected).ne(0).any(dim=0)
+    weighted = weigh_(trim_(tau, density), weight)
+    positive = torch.where(has_protected, elect_sign(protected), elect_sign(weighted))
+    merged = disjoint_merge(weighted, weight, positive, normalize)
+    return (merged.mul_(lambda_) if lambda_ != 1.0 else merged).add_(base)
