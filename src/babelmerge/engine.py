@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .allocator import reuse_freed_memory
 from .atomic import atomic_dir, atomic_write_text
 from .checkpoint import AUX_FILES, Checkpoint, open_checkpoint, resolve_model_path
 from .errors import BabelmergeError
@@ -368,7 +369,8 @@ def merge(
         config, shard_size=shard_size, device=device, dtype=dtype, seed=seed, allow_pickle=allow_pickle
     )
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        execute_plan(plan, shards, tmp, progress=progress)
+        with reuse_freed_memory():
+            execute_plan(plan, shards, tmp, progress=progress)
         _copy_aux_files(plan, tmp)
         write_model_card(plan.cfg, plan.method, tmp)
     return out
