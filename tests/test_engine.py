@@ -263,3 +263,36 @@ def test_a_failing_write_stops_the_merge_and_leaves_nothing(tiny_models, tmp_pat
         merge(config_for("ties", tiny_models), tmp_path / "out", progress=False)
     assert len(written) == 3
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic"])
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_elementwise_methods_computed_in_blocks_equal_whole_tensors(
+    method, dtype, tiny_models, tmp_path, monkeypatch
+):
+    """With a block far smaller than the tensors (and not dividing them), every tensor goes through the blocks."""
+    from babelmerge import engine
+
+    assert METHODS[method].elementwise
+    monkeypatch.setattr(engine, "BLOCK", 97)
+    out = merge(config_for(method, tiny_models), tmp_path / "out", dtype=dtype, progress=False)
+    merged = load_folder(out)
+    inputs = {k: load_folder(tiny_models[k]) for k in ("base", "ft_a", "ft_b")}
+    assert max(t.numel() for t in merged.values()) > 20 * 97
+    for name, tensor in merged.items():
+        expected = expected_tensor(method, tiny_models, name, inputs)
+        assert torch.equal(tensor, expected.to(tensor.dtype)), name
+
+
+def test_mapped_input_tensors_are_copy_on_write(tiny_models):
+    """Tensors are memory-mapped from the checkpoint; writing to one never reaches the file."""
+    from babelmerge.checkpoint import open_checkpoint
+
+    path = tiny_models["ft_a"]
+    name = "model.layers.0.mlp.up_proj.weight"
+    before = load_folder(path)[name]
+    t = open_checkpoint(str(path), allow_pickle=False, path=path).read(name)
+    assert torch.equal(t, before)
+    t.fill_(7.0)
+    assert torch.equal(load_folder(path)[name], before)
+    assert torch.equal(open_checkpoint(str(path), allow_pickle=False, path=path).read(name), before)

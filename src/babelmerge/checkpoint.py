@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import BabelmergeError
-from .safetensors_stream import SafetensorsError, TensorInfo, read_header, read_tensor
+from .safetensors_stream import SafetensorsError, TensorInfo, map_tensor, read_header
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = ["*.safetensors", "*.json", "tokenizer*", "*.model", "*.txt", "*.jinja"]
@@ -53,12 +53,12 @@ class Checkpoint:
         return info.dtype if info is not None else self._pickled[name].dtype
 
     def read(self, name: str) -> torch.Tensor:
-        """Read tensor ``name`` from disk (one positional read)."""
+        """Tensor ``name``, mapped from its file (copy-on-write: writing to it never changes the file)."""
         info = self.tensors[name]
         if info is None:
             return self._pickled[name]
         try:
-            return read_tensor(info)
+            return map_tensor(info)
         except (OSError, SafetensorsError) as e:
             raise BabelmergeError(
                 f"model '{self.ref}': cannot read tensor '{name}' from {info.file}: {e}"

@@ -18,6 +18,7 @@ import shutil
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,24 +194,56 @@ def tensor_generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
 
 
-def merge_tensor(plan: MergePlan, name: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Merge one tensor: cast the inputs to the compute dtype/device (if not yet done), call the method."""
+# Elements per block when an elementwise method runs block by block: the block's inputs, temporaries and output
+# (a few MB) stay in the CPU caches, instead of every step of the method streaming whole tensors through memory.
+BLOCK = 1 << 18
+
+
+def _blockwise(plan: MergePlan) -> bool:
+    """Whether the engine computes this plan's method block by block (elementwise method, CPU compute)."""
+    return plan.method.elementwise and plan.device.type == "cpu"
+
+
+def merge_tensor(
+    plan: MergePlan, name: str, inputs: dict[str, torch.Tensor], out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Merge one tensor: cast the inputs to the compute dtype/device (if not yet done) and call the method.
+
+    Returns the result in ``out_dtype`` (default: the compute dtype). Elementwise methods run on blocks of
+    :data:`BLOCK` entries, each cast to the compute dtype, merged and written into the output; since entry i of
+    the result depends only on entry i of the inputs, this gives the same numbers as one call on whole tensors.
+    """
     if name not in plan.params:  # integer/bool buffers are copied from the reference model
         return inputs[plan.reference.ref]
-
-    def prep(ck: Checkpoint) -> torch.Tensor:
-        return inputs[ck.ref].to(device=plan.device, dtype=plan.compute_dtype)
-
+    out_dtype = out_dtype or plan.compute_dtype
     kwargs = dict(plan.params[name])
-    if plan.method.needs_base:
-        kwargs["base"] = prep(plan.base)
     if plan.method.uses_generator:
         kwargs["generator"] = tensor_generator(plan.cfg.seed, name)
-    return plan.method.fn([prep(ck) for ck in plan.models], **kwargs)
+    models = [inputs[ck.ref] for ck in plan.models]
+    base = inputs[plan.base.ref] if plan.method.needs_base else None
+    if _blockwise(plan) and models[0].numel() > BLOCK:
+        out = torch.empty(models[0].shape, dtype=out_dtype)
+        flat_out, flat_models = out.view(-1), [m.reshape(-1) for m in models]
+        flat_base = base.reshape(-1) if base is not None else None
+        for start in range(0, flat_out.numel(), BLOCK):
+            block = slice(start, start + BLOCK)
+            if flat_base is not None:
+                kwargs["base"] = flat_base[block].to(plan.compute_dtype)
+            flat_out[block] = plan.method.fn([m[block].to(plan.compute_dtype) for m in flat_models], **kwargs)
+        return out
+
+    def prep(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=plan.device, dtype=plan.compute_dtype)
+
+    if base is not None:
+        kwargs["base"] = prep(base)
+    return plan.method.fn([prep(m) for m in models], **kwargs).to(out_dtype)
 
 
-def read_checked(ck: Checkpoint, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Read one input tensor, refuse NaN or inf, and cast a float tensor to the compute device and dtype.
+def read_checked(
+    ck: Checkpoint, name: str, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Read one input tensor, refuse NaN or inf, and cast a float tensor to ``device`` and ``dtype`` if given.
 
     Runs on the reader threads, overlapping the merge of the previous tensor. NaN propagates into the minimum and
     maximum and inf is one of them, so checking those two values is equivalent to checking every element, and
@@ -221,7 +254,7 @@ def read_checked(ck: Checkpoint, name: str, device: torch.device, dtype: torch.d
         return t
     if t.numel() and not torch.isfinite(torch.stack(torch.aminmax(t))).all():
         raise BabelmergeError(f"model '{ck.ref}': tensor '{name}' contains non-finite values (NaN or inf)")
-    return t.to(device=device, dtype=dtype)
+    return t.to(device=device, dtype=dtype) if dtype is not None else t
 
 
 class _OrderedWriter:
@@ -257,9 +290,9 @@ def execute_plan(
 ):
     """Stream every tensor through the method into the planned shards in ``out``; write the index if sharded.
 
-    Three stages overlap: reader threads read, check and cast the inputs of the next ``prefetch`` tensor names;
-    the calling thread runs the merge method; a writer thread casts each result to its output dtype and appends
-    it to its shard (at most ``prefetch`` results wait for it).
+    Three stages overlap: reader threads read, check and (unless the method runs block by block, casting each
+    block itself) cast the inputs of the next ``prefetch`` tensor names; the calling thread runs the merge method;
+    a writer thread appends each result to its shard (at most ``prefetch`` results wait for it).
     """
     from tqdm.auto import tqdm
 
@@ -273,6 +306,7 @@ def execute_plan(
     )
     pending: deque[tuple[str, list[Future]]] = deque()
     workers = max(2, min(8, len(checkpoints)))
+    cast = (None, None) if _blockwise(plan) else (plan.device, plan.compute_dtype)
     writers: list[StreamingWriter] = []
     output = _OrderedWriter(depth=prefetch)
     try:
@@ -282,10 +316,7 @@ def execute_plan(
             def submit_next() -> None:
                 name = next(upcoming, None)
                 if name is not None:
-                    reads = [
-                        pool.submit(read_checked, ck, name, plan.device, plan.compute_dtype)
-                        for ck in checkpoints
-                    ]
+                    reads = [pool.submit(read_checked, ck, name, *cast) for ck in checkpoints]
                     pending.append((name, reads))
 
             for _ in range(prefetch + 1):
@@ -298,9 +329,9 @@ def execute_plan(
                         name, futures = pending.popleft()
                         submit_next()
                         inputs = {ck.ref: f.result() for ck, f in zip(checkpoints, futures)}
-                        merged = merge_tensor(plan, name, inputs)
+                        merged = merge_tensor(plan, name, inputs, planned.dtype)
                         del inputs
-                        output.submit(_write_one, writer, name, merged, planned.dtype)
+                        output.submit(writer.write, name, merged)
                         del merged
                         bar.update(planned.nbytes)
                     output.submit(writer.close)
@@ -323,10 +354,6 @@ def execute_plan(
         atomic_write_text(out / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
 
 
-def _write_one(writer: StreamingWriter, name: str, tensor: torch.Tensor, dtype: torch.dtype) -> None:
-    writer.write(name, tensor.to(dtype))
-
-
 def _copy_aux_files(plan: MergePlan, out: Path) -> None:
     config = json.loads(plan.reference.config_path.read_text())
     out_dtypes = {t.dtype for t in plan.outputs if t.dtype.is_floating_point}
@@ -341,6 +368,23 @@ def _copy_aux_files(plan: MergePlan, out: Path) -> None:
         src = plan.tokenizer_from / f
         if src.exists():
             shutil.copy2(src, out / f)
+
+
+@contextmanager
+def _intra_op_threads(n: int | None):
+    """Run torch ops on ``n`` threads inside the block (None: unchanged).
+
+    Block-by-block merges run many small ops; with torch's own thread team on top of the reader and writer
+    threads the cores are oversubscribed and every op waits at a barrier for a descheduled worker (measured: a
+    task-arithmetic merge of 0.47B parameters took 4.8 s with 2 intra-op threads, 3.2 s with 1, on 2 cores).
+    """
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def merge(
@@ -369,7 +413,7 @@ def merge(
         config, shard_size=shard_size, device=device, dtype=dtype, seed=seed, allow_pickle=allow_pickle
     )
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        with reuse_freed_memory():
+        with reuse_freed_memory(), _intra_op_threads(1 if _blockwise(plan) else None):
             execute_plan(plan, shards, tmp, progress=progress)
         _copy_aux_files(plan, tmp)
         write_model_card(plan.cfg, plan.method, tmp)

@@ -1,16 +1,17 @@
 """Stream tensors to and from ``.safetensors`` files with bounded memory.
 
-The ``safetensors`` library saves a whole dictionary of tensors at once and reads through ``mmap``. A streaming
-merge wants neither: it writes each merged tensor as soon as it is computed (so the output never sits in memory)
-and reads each input tensor with one positional read (thread-safe, no mapping that inflates the resident set).
-The file format is simple and stable — an 8-byte little-endian header length, a JSON header mapping each tensor
-name to ``dtype``, ``shape`` and ``data_offsets``, then the raw little-endian bytes — so this module implements
-exactly those two operations. Files it writes load with ``safetensors.torch.load_file`` and ``from_pretrained``.
+The ``safetensors`` library saves a whole dictionary of tensors at once. A streaming merge writes each merged
+tensor as soon as it is computed instead (so the output never sits in memory), and maps each input tensor on its
+own, for exactly as long as it is in use (so the resident set holds only the tensors in flight). The file format
+is simple and stable — an 8-byte little-endian header length, a JSON header mapping each tensor name to
+``dtype``, ``shape`` and ``data_offsets``, then the raw little-endian bytes — so this module implements exactly
+those operations. Files it writes load with ``safetensors.torch.load_file`` and ``from_pretrained``.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from collections.abc import Sequence
@@ -86,8 +87,29 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, TensorInfo]:
     return out
 
 
+def map_tensor(info: TensorInfo) -> torch.Tensor:
+    """A tensor backed by a private (copy-on-write) memory map of its bytes in the file; safe from several threads.
+
+    No copy is made: the pages come from the page cache as they are touched, and the mapping lives exactly as long
+    as the tensor (or any view of it). Writing to the tensor changes only the process's own copy of those pages.
+    """
+    if info.nbytes == 0:
+        return torch.empty(info.shape, dtype=info.dtype)
+    if (
+        info.start % info.dtype.itemsize
+    ):  # a misaligned tensor (possible after 1-byte tensors): copy it instead
+        return read_tensor(info)
+    offset = info.start - info.start % mmap.ALLOCATIONGRANULARITY
+    with open(info.file, "rb") as f:
+        if os.fstat(f.fileno()).st_size < info.end:
+            raise SafetensorsError(f"{info.file}: unexpected end of file")
+        mapped = mmap.mmap(f.fileno(), info.end - offset, access=mmap.ACCESS_COPY, offset=offset)
+    data = memoryview(mapped)[info.start - offset :]
+    return torch.frombuffer(data, dtype=info.dtype).reshape(info.shape)
+
+
 def read_tensor(info: TensorInfo) -> torch.Tensor:
-    """Read one tensor with a single positional read (safe to call from several threads)."""
+    """Read one tensor into new memory with positional reads (safe to call from several threads)."""
     out = torch.empty(info.shape, dtype=info.dtype)
     if info.nbytes == 0:
         return out

@@ -66,6 +66,9 @@ class MergeMethod:
     max_models: int | None = None
     uses_generator: bool = False
     check: Callable[[dict[str, Any]], str | None] | None = field(default=None, compare=False)
+    elementwise: bool = (
+        False  # output entry i depends only on the inputs' entries i: may be computed in blocks
+    )
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -89,12 +92,17 @@ def register(
     max_models: int | None = None,
     uses_generator: bool = False,
     check: Callable[[dict[str, Any]], str | None] | None = None,
+    elementwise: bool = False,
 ):
-    """Decorator: register ``fn`` as merge method ``name``."""
+    """Decorator: register ``fn`` as merge method ``name``.
+
+    ``elementwise=True`` declares that output entry i depends only on entry i of each input (no norms, no top-k,
+    no random draws): the engine then computes large tensors in cache-sized blocks.
+    """
 
     def deco(fn):
         METHODS[name] = MergeMethod(
-            name, fn, tuple(params), needs_base, min_models, max_models, uses_generator, check
+            name, fn, tuple(params), needs_base, min_models, max_models, uses_generator, check, elementwise
         )
         return fn
 

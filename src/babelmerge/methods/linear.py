@@ -9,7 +9,7 @@ import torch
 from . import WEIGHT, normalize_param, register
 
 
-@register("linear", params=[WEIGHT, normalize_param(True)], needs_base=False)
+@register("linear", params=[WEIGHT, normalize_param(True)], needs_base=False, elementwise=True)
 def linear(
     tensors: Sequence[torch.Tensor], *, weight: Sequence[float], normalize: bool = True
 ) -> torch.Tensor:

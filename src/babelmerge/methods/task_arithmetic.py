@@ -37,7 +37,9 @@ def combine_sum(
     return delta.add_(base)
 
 
-@register("task_arithmetic", params=[WEIGHT, LAMBDA, normalize_param(False)], needs_base=True)
+@register(
+    "task_arithmetic", params=[WEIGHT, LAMBDA, normalize_param(False)], needs_base=True, elementwise=True
+)
 def task_arithmetic(
     tensors: Sequence[torch.Tensor],
     *,
