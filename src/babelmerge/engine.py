@@ -1,9 +1,10 @@
 """The streaming merge engine: checkpoints in, one merged checkpoint out, one tensor name at a time.
 
 Memory: at any moment the engine holds the tensors of the parameter name being merged across the input models,
-those of at most ``prefetch`` names read ahead (reads overlap compute on a small thread pool), and one output
-tensor being written. Output shards are planned from the input headers, so each merged tensor goes to disk as soon
-as it is computed (see :mod:`babelmerge.safetensors_stream`).
+those of at most ``prefetch`` names read ahead (reads overlap compute on a small thread pool), and at most
+``prefetch`` + 1 merged tensors queued for or being written by the writer thread. Output shards are planned from
+the input headers, so each merged tensor goes to disk as soon as it is computed (see
+:mod:`babelmerge.safetensors_stream`).
 
 Everything the user can get wrong is checked before the first tensor is read: paths, checkpoint layout, tensor
 names and shapes across models, method, parameters and every per-tensor override. The output is built in a

@@ -15,7 +15,7 @@ def task_vectors(base: torch.Tensor, tensors: Sequence[torch.Tensor]) -> list[to
 
 
 def weighted_sum(tau: Sequence[torch.Tensor], weight: Sequence[float]) -> torch.Tensor:
-    """Σ_t w_t τ_t over the first dimension of ``tau`` (accumulated model by model, no stacked products)."""
+    """Σ_t w_t τ_t, accumulated model by model (no stacked copy of the products)."""
     total = tau[0] * weight[0]
     for t, w in zip(tau[1:], weight[1:]):
         total.add_(t, alpha=w)

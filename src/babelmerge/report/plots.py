@@ -5,12 +5,21 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+from .results import Result
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from .results import Result  # noqa: E402
+def _subplots(figsize: tuple[float, float]):
+    """A figure and its axes, without pyplot: no global figure state, no backend switch, imported on first use."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
+
+
+def _color(i: int):
+    import matplotlib
+
+    return matplotlib.colormaps["tab10"](i % 10)
 
 
 def _deltas(r: Result, baseline: Result) -> tuple[float, float]:
@@ -22,10 +31,10 @@ def learning_vs_forgetting(
     results: list[Result], baseline: Result | None, front: set[str], out: Path
 ) -> Path:
     """One point per model, interpolation curves as lines; x = forgetting, y = learning (up-left is better)."""
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, ax = _subplots((7.5, 5.5))
     ref = baseline or Result("origin", Path(), 0.0, 0.0)
     models = [r for r in results if r.alpha is None]
-    colors = {r.label: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(models)}
+    colors = {r.label: _color(i) for i, r in enumerate(models)}
     curves: dict[str, list[Result]] = defaultdict(list)
     for r in results:
         if r.alpha is not None and r.of:
@@ -74,7 +83,6 @@ def learning_vs_forgetting(
     fig.tight_layout()
     path = out / "learning_vs_forgetting.png"
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 
@@ -84,7 +92,7 @@ def forgetting_vs_weight_change(results: list[Result], baseline: Result | None, 
     if not points:
         return None
     ref_source = baseline.source_bpb if baseline else 0.0
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = _subplots((6.5, 4.5))
     for r in points:
         y = r.source_bpb - ref_source
         ax.scatter(
@@ -98,7 +106,6 @@ def forgetting_vs_weight_change(results: list[Result], baseline: Result | None, 
     fig.tight_layout()
     path = out / "forgetting_vs_weight_change.png"
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 
@@ -106,7 +113,7 @@ def trajectories(runs: dict[str, list[dict]], out: Path) -> Path | None:
     """Held-out scores after each merge, per run and per held-out file."""
     if not runs:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = _subplots((6.5, 4.5))
     for run, records in sorted(runs.items()):
         by_file: dict[str, list[tuple[int, float]]] = defaultdict(list)
         for rec in records:
@@ -126,5 +133,4 @@ def trajectories(runs: dict[str, list[dict]], out: Path) -> Path | None:
     fig.tight_layout()
     path = out / "trajectory.png"
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
