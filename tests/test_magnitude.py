@@ -148,3 +148,13 @@ def test_dare_ties_matches_the_reference_with_the_same_masks():
     dropped = torch.stack([t * (torch.rand(t.shape, generator=gen) < d) / d for t, d in zip(tau, [0.4, 0.7])])
     expected = _reference_ties(models, base, [1.0, 0.5], None, True, dropped=dropped)
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-6)
+
+
+def test_trim_of_a_non_contiguous_tensor():
+    x = _samples(torch.float32)[1][: 280 * 250].view(280, 250).t()  # a transposed view
+    assert not x.is_contiguous()
+    expected = _reference_mask(x.contiguous(), 0.4)
+    assert torch.equal(top_fraction_mask(x, 0.4), expected)
+    trimmed = x.clone(memory_format=torch.preserve_format)
+    keep_top_fraction_(trimmed, 0.4)
+    assert torch.equal(trimmed, torch.where(expected, x, torch.zeros(())))

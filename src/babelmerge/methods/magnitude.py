@@ -62,6 +62,16 @@ def _kth_largest(mag: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int]:
     return torch.tensor(key, dtype=torch.int16, device=mag.device).view(mag.dtype), above, int(counts[key])
 
 
+def _keep_top(mag: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the k largest entries of the (contiguous) magnitudes ``mag``; ties in flat-index order."""
+    threshold, above, equal = _kth_largest(mag.view(-1), k)
+    keep = mag >= threshold
+    if above + equal > k:  # keep only the first k − above of the entries tied at the threshold
+        tied = (mag.view(-1) == threshold).nonzero().squeeze(1)
+        keep.view(-1)[tied[k - above :]] = False
+    return keep
+
+
 def top_fraction_mask(x: torch.Tensor, fraction: float) -> torch.Tensor:
     """Boolean mask of the k = ⌊fraction · numel⌋ entries of ``x`` with the largest magnitude.
 
@@ -75,27 +85,14 @@ def top_fraction_mask(x: torch.Tensor, fraction: float) -> torch.Tensor:
         return torch.ones_like(x, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(x, dtype=torch.bool)
-    threshold, above, equal = kth_largest_magnitude(x, k)
-    mag = x.abs()
-    keep = mag >= threshold
-    if above + equal > k:  # keep only the first k − above of the entries tied at the threshold
-        tied = (mag.view(-1) == threshold).nonzero().squeeze(1)
-        keep.view(-1)[tied[k - above :]] = False
-    return keep
+    return _keep_top(x.detach().abs().contiguous(), k)
 
 
 def keep_top_fraction_(x: torch.Tensor, fraction: float) -> torch.Tensor:
     """Zero all but the entries of :func:`top_fraction_mask` in place (TIES' trim of one task vector)."""
-    n = x.numel()
-    k = int(fraction * n)
-    if k >= n:
+    k = int(fraction * x.numel())
+    if k >= x.numel():
         return x
     if k <= 0:
         return x.zero_()
-    mag = x.abs()
-    threshold, above, equal = _kth_largest(mag.view(-1), k)
-    x.mul_(mag >= threshold)
-    if above + equal > k:  # keep only the first k − above of the entries tied at the threshold
-        tied = (mag.view(-1) == threshold).nonzero().squeeze(1)
-        x.view(-1)[tied[k - above :]] = 0
-    return x
+    return x.mul_(_keep_top(x.detach().abs().contiguous(), k))
