@@ -22,6 +22,13 @@ def weighted_sum(tau: Sequence[torch.Tensor], weight: Sequence[float]) -> torch.
     return total
 
 
+def add_to_base_(base: torch.Tensor, delta: torch.Tensor, lambda_: float) -> torch.Tensor:
+    """θ_base + λ·δ, computed in δ's storage (δ is the caller's scratch tensor)."""
+    if lambda_ != 1.0:
+        delta.mul_(lambda_)
+    return delta.add_(base)
+
+
 def combine_sum(
     base: torch.Tensor, tau: Sequence[torch.Tensor], weight: Sequence[float], lambda_: float, normalize: bool
 ) -> torch.Tensor:
@@ -32,9 +39,7 @@ def combine_sum(
         if total == 0.0:
             raise ValueError("weights sum to zero, cannot normalise")
         delta.div_(total)
-    if lambda_ != 1.0:
-        delta.mul_(lambda_)
-    return delta.add_(base)
+    return add_to_base_(base, delta, lambda_)
 
 
 @register(

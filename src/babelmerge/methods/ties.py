@@ -20,7 +20,7 @@ import torch
 
 from . import DENSITY, LAMBDA, WEIGHT, Param, normalize_param, register
 from .magnitude import keep_top_fraction_, top_fraction_mask
-from .task_arithmetic import task_vectors
+from .task_arithmetic import add_to_base_, task_vectors
 
 __all__ = ["ties", "ties_sv", "top_fraction_mask", "trim_", "elect_sign", "disjoint_merge", "ties_combine"]
 
@@ -93,10 +93,7 @@ def ties_combine(
     weighted = weigh_(tau_hat, weight)
     if positive is None:
         positive = elect_sign(weighted)
-    merged = disjoint_merge(weighted, weight, positive, normalize)
-    if lambda_ != 1.0:
-        merged.mul_(lambda_)
-    return merged.add_(base)
+    return add_to_base_(base, disjoint_merge(weighted, weight, positive, normalize), lambda_)
 
 
 @register("ties", params=[WEIGHT, DENSITY, LAMBDA, normalize_param(True)], needs_base=True)
@@ -154,5 +151,4 @@ def ties_sv(
     has_protected = torch.stack(protected).ne(0).any(dim=0)
     weighted = weigh_(trim_(tau, density), weight)
     positive = torch.where(has_protected, elect_sign(protected), elect_sign(weighted))
-    merged = disjoint_merge(weighted, weight, positive, normalize)
-    return (merged.mul_(lambda_) if lambda_ != 1.0 else merged).add_(base)
+    return add_to_base_(base, disjoint_merge(weighted, weight, positive, normalize), lambda_)
