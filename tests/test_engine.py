@@ -1,5 +1,6 @@
 """The streaming merge engine end to end on tiny checkpoints: outputs equal the tensor functions."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -296,3 +297,31 @@ def test_mapped_input_tensors_are_copy_on_write(tiny_models):
     t.fill_(7.0)
     assert torch.equal(load_folder(path)[name], before)
     assert torch.equal(open_checkpoint(str(path), allow_pickle=False, path=path).read(name), before)
+
+
+@pytest.mark.parametrize("method", ["ties", "ties_sv"])
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_kernel_merges_equal_the_torch_definition(method, dtype, tiny_models, tmp_path, monkeypatch):
+    """With the size cut-off lowered, every float tensor goes through the fused kernel: same bytes as torch's."""
+    from babelmerge import engine
+
+    monkeypatch.setattr(engine, "KERNEL_MIN_NUMEL", 1)
+    calls = []
+    kernel = METHODS[method].kernel
+    monkeypatch.setitem(
+        METHODS,
+        method,
+        dataclasses.replace(METHODS[method], kernel=lambda *a, **k: calls.append(1) or kernel(*a, **k)),
+    )
+    with_kernel = load_folder(
+        merge(config_for(method, tiny_models), tmp_path / "k", dtype=dtype, progress=False)
+    )
+    monkeypatch.setenv("BABELMERGE_KERNELS", "0")
+    n_calls = len(calls)
+    without = load_folder(merge(config_for(method, tiny_models), tmp_path / "t", dtype=dtype, progress=False))
+    assert n_calls == sum(t.is_floating_point() for t in with_kernel.values()) and len(calls) == n_calls
+    inputs = {k: load_folder(tiny_models[k]) for k in ("base", "ft_a", "ft_b")}
+    assert with_kernel.keys() == without.keys()
+    for name, tensor in with_kernel.items():
+        assert torch.equal(tensor, without[name]), name
+        assert torch.equal(tensor, expected_tensor(method, tiny_models, name, inputs).to(tensor.dtype)), name

@@ -39,7 +39,7 @@ from .merge_config import (
     load_merge_config,
     torch_dtype,
 )
-from .methods import MergeMethod
+from .methods import MergeMethod, ties_kernel
 from .model_card import write_model_card
 from .safetensors_stream import PlannedTensor, StreamingWriter, parse_size, plan_shards, shard_file_names
 
@@ -205,12 +205,37 @@ def _blockwise(plan: MergePlan) -> bool:
     return plan.method.elementwise and plan.device.type == "cpu"
 
 
+# Below this many entries a method's torch definition is as fast as its compiled kernel (thread start-up, histograms).
+KERNEL_MIN_NUMEL = 1 << 16
+
+
+def _use_kernel(plan: MergePlan) -> bool:
+    """Whether large tensors go through the method's compiled CPU kernel (float32 compute on the CPU).
+
+    ``BABELMERGE_KERNELS=0`` in the environment turns kernels off (the torch definitions run instead; same
+    numbers, slower), e.g. to compare the two.
+    """
+    return (
+        plan.method.kernel is not None
+        and plan.device.type == "cpu"
+        and plan.compute_dtype == torch.float32
+        and os.environ.get("BABELMERGE_KERNELS", "1") != "0"
+        and ties_kernel.available()
+    )
+
+
+def _read_uncast(plan: MergePlan) -> bool:
+    """Whether reader threads hand over tensors in their stored dtype (the merge step casts what it needs)."""
+    return _blockwise(plan) or _use_kernel(plan)
+
+
 def merge_tensor(
     plan: MergePlan, name: str, inputs: dict[str, torch.Tensor], out_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """Merge one tensor: cast the inputs to the compute dtype/device (if not yet done) and call the method.
 
-    Returns the result in ``out_dtype`` (default: the compute dtype). Elementwise methods run on blocks of
+    Returns the result in ``out_dtype`` (default: the compute dtype). Methods with a compiled kernel (TIES,
+    TIES-SV) hand large tensors, still in their stored dtype, to it (see :func:`_use_kernel`). Elementwise methods run on blocks of
     :data:`BLOCK` entries, each cast to the compute dtype, merged and written into the output; since entry i of
     the result depends only on entry i of the inputs, this gives the same numbers as one call on whole tensors.
     """
@@ -222,6 +247,8 @@ def merge_tensor(
         kwargs["generator"] = tensor_generator(plan.cfg.seed, name)
     models = [inputs[ck.ref] for ck in plan.models]
     base = inputs[plan.base.ref] if plan.method.needs_base else None
+    if _use_kernel(plan) and models[0].numel() >= KERNEL_MIN_NUMEL:
+        return plan.method.kernel(models, base=base, out_dtype=out_dtype, **kwargs)
     if _blockwise(plan) and models[0].numel() > BLOCK:
         out = torch.empty(models[0].shape, dtype=out_dtype)
         flat_out, flat_models = out.view(-1), [m.reshape(-1) for m in models]
@@ -292,7 +319,7 @@ def execute_plan(
     """Stream every tensor through the method into the planned shards in ``out``; write the index if sharded.
 
     Three stages overlap: reader threads read, check and (unless the method runs block by block, casting each
-    block itself) cast the inputs of the next ``prefetch`` tensor names; the calling thread runs the merge method;
+    block itself, or through a kernel that reads the stored dtype) cast the inputs of the next ``prefetch`` tensor names; the calling thread runs the merge method;
     a writer thread appends each result to its shard (at most ``prefetch`` results wait for it).
     """
     from tqdm.auto import tqdm
@@ -307,7 +334,7 @@ def execute_plan(
     )
     pending: deque[tuple[str, list[Future]]] = deque()
     workers = max(2, min(8, len(checkpoints)))
-    cast = (None, None) if _blockwise(plan) else (plan.device, plan.compute_dtype)
+    cast = (None, None) if _read_uncast(plan) else (plan.device, plan.compute_dtype)
     writers: list[StreamingWriter] = []
     output = _OrderedWriter(depth=prefetch)
     try:

@@ -69,6 +69,9 @@ class MergeMethod:
     elementwise: bool = (
         False  # output entry i depends only on the inputs' entries i: may be computed in blocks
     )
+    # A compiled CPU implementation giving the same numbers as ``fn`` in float32: fn's arguments plus
+    # ``out_dtype``, inputs in their stored dtype (see ties_kernel.py).
+    kernel: Callable[..., Any] | None = field(default=None, compare=False)
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -93,16 +96,19 @@ def register(
     uses_generator: bool = False,
     check: Callable[[dict[str, Any]], str | None] | None = None,
     elementwise: bool = False,
+    kernel: Callable[..., Any] | None = None,
 ):
     """Decorator: register ``fn`` as merge method ``name``.
 
     ``elementwise=True`` declares that output entry i depends only on entry i of each input (no norms, no top-k,
-    no random draws): the engine then computes large tensors in cache-sized blocks.
+    no random draws): the engine then computes large tensors in cache-sized blocks. ``kernel`` is a faster CPU
+    implementation of the same float32 numbers (same keyword arguments plus ``out_dtype``; inputs arrive in their
+    stored dtype), which the engine uses for large tensors when computing in float32 on the CPU.
     """
 
     def deco(fn):
         METHODS[name] = MergeMethod(
-            name, fn, tuple(params), needs_base, min_models, max_models, uses_generator, check, elementwise
+            name, fn, tuple(params), needs_base, min_models, max_models, uses_generator, check, elementwise, kernel
         )
         return fn
 

@@ -21,6 +21,7 @@ import torch
 from . import DENSITY, LAMBDA, WEIGHT, Param, normalize_param, register
 from .magnitude import keep_top_fraction_, top_fraction_mask
 from .task_arithmetic import add_to_base_, task_vectors
+from .ties_kernel import fused_ties
 
 __all__ = ["ties", "ties_sv", "top_fraction_mask", "trim_", "elect_sign", "disjoint_merge", "ties_combine"]
 
@@ -96,7 +97,7 @@ def ties_combine(
     return add_to_base_(base, disjoint_merge(weighted, weight, positive, normalize), lambda_)
 
 
-@register("ties", params=[WEIGHT, DENSITY, LAMBDA, normalize_param(True)], needs_base=True)
+@register("ties", params=[WEIGHT, DENSITY, LAMBDA, normalize_param(True)], needs_base=True, kernel=fused_ties)
 def ties(
     tensors: Sequence[torch.Tensor],
     *,
@@ -126,6 +127,7 @@ def _check_slack(params: dict) -> str | None:
     params=[WEIGHT, DENSITY, SLACK, LAMBDA, normalize_param(True)],
     needs_base=True,
     check=_check_slack,
+    kernel=fused_ties,
 )
 def ties_sv(
     tensors: Sequence[torch.Tensor],

@@ -1,0 +1,110 @@
+"""The fused TIES / TIES-SV kernel gives exactly the numbers of the torch definitions in ``methods/ties.py``.
+
+Inputs are built from bf16 values so that many task-vector magnitudes tie at the trim threshold, as in real
+merges; small blocks and several thread ranges make ties straddle block and range boundaries.
+"""
+
+import pytest
+import torch
+
+from babelmerge.methods import METHODS
+from babelmerge.methods.ties import ties, ties_sv
+from babelmerge.methods.ties_kernel import available, fused_ties
+
+pytestmark = pytest.mark.skipif(not available(), reason="numba not installed")
+
+N = 70_001  # odd: ranges and blocks do not divide it
+
+
+def _inputs(n_models: int, dtype: torch.dtype, kind: str, n: int = N, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, generator=g).to(dtype)
+    models = []
+    for i in range(n_models):
+        if kind == "ties":  # few distinct task-vector values: heavy ties at every threshold, many zeros
+            step = torch.randint(-3, 4, (n,), generator=g).float() * 0.01 * (i + 1)
+        elif kind == "same":  # identical to the base: all task vectors zero
+            step = torch.zeros(n)
+        else:
+            step = torch.randn(n, generator=g) * 0.01 * (i + 1)
+        models.append((base.float() + step).to(dtype))
+    return base, models
+
+
+def _reference(models, base, out_dtype, slack=None, **kw):
+    f32 = [m.float() for m in models]
+    if slack is None:
+        return ties(f32, base=base.float(), **kw).to(out_dtype)
+    return ties_sv(f32, base=base.float(), slack=slack, **kw).to(out_dtype)
+
+
+CASES = [
+    # (n_models, weight, density, slack, lambda, normalize)
+    (2, [1.0, 1.0], [0.5, 0.5], None, 1.0, True),
+    (2, [0.7, -0.3], [0.3, 0.9], None, 0.5, False),
+    (3, [1.0, 2.0, 0.5], [0.2, 1.0, 0.6], None, 1.3, True),
+    (2, [1.0, 1.0], [1.0, 0.00001], None, 1.0, True),  # keep everything / keep nothing
+    (2, [1.0, 0.5], [0.5, 0.8], [0.1, 0.4], 1.0, True),
+    (3, [1.0, 2.0, 0.5], [0.3, 0.9, 1.0], [0.3, 0.0, 0.5], 0.8, False),  # slack = density, slack 0
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("kind", ["ties", "normal", "same"])
+@pytest.mark.parametrize(
+    ("in_dtype", "out_dtype"), [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]
+)
+def test_fused_equals_torch_definition(case, kind, in_dtype, out_dtype):
+    n_models, weight, density, slack, lam, normalize = case
+    base, models = _inputs(n_models, in_dtype, kind)
+    kw = dict(weight=weight, density=density, lambda_=lam, normalize=normalize)
+    expected = _reference(models, base, out_dtype, slack, **kw)
+    got = fused_ties(models, base=base, slack=slack, out_dtype=out_dtype, **kw)
+    assert got.dtype == out_dtype and got.shape == base.shape
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+@pytest.mark.parametrize("block", [64, 4096])
+def test_ties_across_ranges_and_blocks(threads, block):
+    """The tie budget is split over thread ranges in index order: any split gives the same result."""
+    base, models = _inputs(2, torch.bfloat16, "ties")
+    kw = dict(weight=[1.0, 0.6], density=[0.37, 0.61], lambda_=1.0, normalize=True)
+    expected = _reference(models, base, torch.bfloat16, [0.11, 0.2], **kw)
+    got = fused_ties(
+        models, base=base, slack=[0.11, 0.2], out_dtype=torch.bfloat16, threads=threads, block=block, **kw
+    )
+    assert torch.equal(got, expected)
+
+
+def test_mixed_and_other_dtypes_shapes_and_lambda_zero():
+    base, models = _inputs(2, torch.float32, "normal")
+    models = [models[0].bfloat16(), models[1].half()]  # mixed: computed from float32 copies
+    base2d = base.view(7, -1) if base.numel() % 7 == 0 else base[: 7 * 10_000].view(7, -1)
+    models2d = [m[: base2d.numel()].view_as(base2d) for m in models]
+    kw = dict(weight=[1.0, 1.0], density=[0.5, 0.5], normalize=True)
+    got = fused_ties(models2d, base=base2d, lambda_=0.7, out_dtype=torch.float16, **kw)
+    assert got.shape == base2d.shape and got.dtype == torch.float16
+    assert torch.equal(got, _reference(models2d, base2d, torch.float16, lambda_=0.7, **kw))
+    # λ = 0 gives the base; merging the base with itself gives the base.
+    assert torch.equal(fused_ties(models2d, base=base2d, lambda_=0.0, out_dtype=torch.float32, **kw), base2d)
+    assert torch.equal(fused_ties([base2d, base2d], base=base2d, out_dtype=torch.float32, **kw), base2d)
+
+
+def test_fused_closed_form():
+    """Two models, sign conflict, hand-computed: τ_a = [3, −1, 2, 0.5], τ_b = [−1, 4, 1, 0.25] (density 0.5)."""
+    n = 4 * 20_000  # the same 4-entry pattern repeated: thresholds 2 (a) and 1 (b) with heavy ties
+    base = torch.zeros(n)
+    a = torch.tensor([3.0, -1.0, 2.0, 0.5]).repeat(n // 4)
+    b = torch.tensor([-1.0, 4.0, 1.0, 0.25]).repeat(n // 4)
+    got = fused_ties([a, b], base=base, weight=[1.0, 1.0], density=[0.5, 0.5], out_dtype=torch.float32)
+    # a keeps its 3s and 2s. b keeps its 4s and, of its n/2 magnitudes tied at 1, the first n/4 in index order:
+    # in the first patterns both −1 and 1. Sums [2, 4, 3, 0] elect +: agreeing means 3, 4, (2 + 1)/2 and 0.
+    assert torch.equal(got.view(-1, 4)[0], torch.tensor([3.0, 4.0, 1.5, 0.0]))
+    assert torch.equal(got, ties([a, b], base=base, weight=[1.0, 1.0], density=[0.5, 0.5]))
+
+
+def test_registered_as_the_ties_kernels():
+    assert METHODS["ties"].kernel is fused_ties
+    assert METHODS["ties_sv"].kernel is fused_ties
+    assert METHODS["dare_ties"].kernel is None
