@@ -45,6 +45,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +55,8 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import LlamaConfig
+
+from babelmerge.methods import METHODS as REGISTRY
 
 # Model sizes. 0.5b: 24 layers of hidden 1024 / MLP 4096, vocab 32000, untied head: 0.47B parameters, ~0.94 GB bf16.
 PRESETS = {
@@ -273,6 +276,7 @@ class Tool:
     slug: str
     bf16_compute: bool = False  # babelmerge only: add ``compute_dtype: bfloat16`` to the shared config
     pythonpath: Path | None = None  # babelmerge only: import this copy of the package instead
+    env: tuple[tuple[str, str], ...] = ()  # extra environment variables for the tool's process
 
 
 def startup_command(tool: Tool, mergekit_venv: Path) -> list[str]:
@@ -428,7 +432,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--tools",
-        help="comma-separated subset of babelmerge,mergekit,babelmerge-bf16,babelmerge-patched (default: all enabled)",
+        help="comma-separated subset of babelmerge,mergekit,babelmerge-bf16,babelmerge-torch,babelmerge-patched "
+        "(default: all enabled)",
     )
     args = ap.parse_args(argv)
     args.tools = [t.strip() for t in args.tools.split(",")] if args.tools else None
@@ -478,6 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     tools = [Tool("babelmerge", "babelmerge"), Tool("mergekit", "mergekit")]
     if not args.no_bf16_compute:
         tools.append(Tool("babelmerge (bf16 compute)", "babelmerge-bf16", bf16_compute=True))
+    # The same engine with the compiled TIES kernel switched off: the torch definitions of the methods.
+    tools.append(
+        Tool("babelmerge (torch, no kernels)", "babelmerge-torch", env=(("BABELMERGE_KERNELS", "0"),))
+    )
     if args.patched_babelmerge:
         tools.append(
             Tool("babelmerge (patched copy)", "babelmerge-patched", pythonpath=args.patched_babelmerge)
@@ -506,6 +515,25 @@ def main(argv: list[str] | None = None) -> int:
         startup[tool.slug] = min(t[0] for t in times if t[3] == 0)
         print(f"start-up {tool.label}: {startup[tool.slug]:.2f}s", flush=True)
 
+    # The compiled kernels' first use: numba compiles them (then caches them on disk). Timed once, with an empty
+    # cache, on the first method that has a kernel; every timed run below finds the cache filled.
+    cold: dict[str, float] = {}
+    kernel_methods = [m for m in args.methods if REGISTRY[m].kernel is not None]
+    if kernel_methods and any(t.slug == "babelmerge" for t in tools):
+        method = kernel_methods[0]
+        with tempfile.TemporaryDirectory() as cache:
+            out = out_dir / f"{args.size}-{method}-cold"
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = tool_command(
+                Tool("babelmerge", "babelmerge"), cfg_paths[(method, False)], out, args.mergekit_venv
+            )
+            wall, *_ = run_measured(
+                cmd, log_dir / f"{out.name}.log", {**os.environ, "NUMBA_CACHE_DIR": cache}
+            )
+            cold[method] = wall + timed_sync()
+            shutil.rmtree(out, ignore_errors=True)
+        print(f"babelmerge {method} with an empty kernel cache (compiles): {cold[method]:.1f}s", flush=True)
+
     runs: list[Run] = []
     for rep in range(1, args.repeats + 1):
         for method in args.methods:
@@ -516,9 +544,9 @@ def main(argv: list[str] | None = None) -> int:
                 load = load_average()
                 cmd = tool_command(tool, cfg_paths[(method, tool.bf16_compute)], out, args.mergekit_venv)
                 log = log_dir / f"{out.name}-r{rep}.log"
-                env = None
+                env = {**os.environ, **dict(tool.env)}
                 if tool.pythonpath is not None:
-                    env = {**os.environ, "PYTHONPATH": str(tool.pythonpath)}
+                    env["PYTHONPATH"] = str(tool.pythonpath)
                 wall, rss, cpu, rc = run_measured(cmd, log, env)
                 sync_s = timed_sync()
                 runs.append(
@@ -545,6 +573,14 @@ def main(argv: list[str] | None = None) -> int:
                 agreement[key] = compare_outputs(bm, mk, models["base"])
                 print(f"agreement {key} vs mergekit: {agreement[key]}", flush=True)
 
+    for method in args.methods:  # the kernel against the torch definitions: expected identical
+        kernel_out = out_dir / f"{args.size}-{method}-babelmerge"
+        torch_out = out_dir / f"{args.size}-{method}-babelmerge-torch"
+        if (kernel_out / "model.safetensors").exists() and (torch_out / "model.safetensors").exists():
+            key = f"{method}/babelmerge vs babelmerge (torch, no kernels)"
+            agreement[key] = compare_outputs(kernel_out, torch_out, models["base"])
+            print(f"agreement {key}: {agreement[key]}", flush=True)
+
     versions = {
         "python": platform.python_version(),
         "babelmerge": getattr(babelmerge, "__version__", "?"),
@@ -558,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         "input_bytes": [p.stat().st_size for p in inputs],
         "io_floor_s": floors,
         "startup_s": startup,
+        "cold_kernel_cache_wall_sync_s": cold,
         "runs": [asdict(r) | {"total_s": r.total_s, "work_s": r.work_s} for r in runs],
         "agreement": agreement,
         "versions": versions,

@@ -1,5 +1,6 @@
 """The streaming merge engine end to end on tiny checkpoints: outputs equal the tensor functions."""
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -35,7 +36,8 @@ PER_METHOD = {
 
 
 def config_for(method, tiny_models):
-    top, per_model = PER_METHOD[method]
+    """A fresh config (tests may edit it without changing PER_METHOD for later tests)."""
+    top, per_model = copy.deepcopy(PER_METHOD[method])
     cfg = {
         "merge_method": method,
         "models": [

@@ -13,6 +13,7 @@ temporary folder beside ``out_dir`` and renamed into place only when complete.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -39,7 +40,7 @@ from .merge_config import (
     load_merge_config,
     torch_dtype,
 )
-from .methods import MergeMethod, ties_kernel
+from .methods import MergeMethod
 from .model_card import write_model_card
 from .safetensors_stream import PlannedTensor, StreamingWriter, parse_size, plan_shards, shard_file_names
 
@@ -220,7 +221,7 @@ def _use_kernel(plan: MergePlan) -> bool:
         and plan.device.type == "cpu"
         and plan.compute_dtype == torch.float32
         and os.environ.get("BABELMERGE_KERNELS", "1") != "0"
-        and ties_kernel.available()
+        and importlib.util.find_spec("numba") is not None
     )
 
 

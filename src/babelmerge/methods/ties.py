@@ -21,13 +21,19 @@ import torch
 from . import DENSITY, LAMBDA, WEIGHT, Param, normalize_param, register
 from .magnitude import keep_top_fraction_, top_fraction_mask
 from .task_arithmetic import add_to_base_, task_vectors
-from .ties_kernel import fused_ties
 
 __all__ = ["ties", "ties_sv", "top_fraction_mask", "trim_", "elect_sign", "disjoint_merge", "ties_combine"]
 
 SLACK = Param(
     "slack", 0.0, per_model=True, low=0.0, high=1.0, doc="fraction of τ_t protected in the election"
 )
+
+
+def fused(tensors: Sequence[torch.Tensor], **kwargs) -> torch.Tensor:
+    """The compiled CPU kernel of ``ties``/``ties_sv`` (:mod:`.ties_kernel`), imported on first use."""
+    from .ties_kernel import fused_ties
+
+    return fused_ties(tensors, **kwargs)
 
 
 def trim_(tau: list[torch.Tensor], density: Sequence[float]) -> list[torch.Tensor]:
@@ -97,7 +103,7 @@ def ties_combine(
     return add_to_base_(base, disjoint_merge(weighted, weight, positive, normalize), lambda_)
 
 
-@register("ties", params=[WEIGHT, DENSITY, LAMBDA, normalize_param(True)], needs_base=True, kernel=fused_ties)
+@register("ties", params=[WEIGHT, DENSITY, LAMBDA, normalize_param(True)], needs_base=True, kernel=fused)
 def ties(
     tensors: Sequence[torch.Tensor],
     *,
@@ -127,7 +133,7 @@ def _check_slack(params: dict) -> str | None:
     params=[WEIGHT, DENSITY, SLACK, LAMBDA, normalize_param(True)],
     needs_base=True,
     check=_check_slack,
-    kernel=fused_ties,
+    kernel=fused,
 )
 def ties_sv(
     tensors: Sequence[torch.Tensor],

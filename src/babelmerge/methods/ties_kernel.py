@@ -2,17 +2,18 @@
 
 :func:`.ties.ties` is the definition: a dozen whole-tensor torch operations, each streaming float32 copies of
 the task vectors through memory (about 40 ns per task-vector entry on this project's 2-core machine). This
-module computes the same result, bit for bit, in four passes over the *stored* inputs (bfloat16 or float32),
-each pass a compiled loop (numba) split into contiguous ranges, one per thread:
+module computes the same result, bit for bit, in three passes over the *stored* inputs (bfloat16 or float32),
+each pass a compiled loop (numba) over cache-sized blocks, the tensor split into contiguous ranges, one per thread:
 
-1. τ_t = f32(θ_t) − f32(θ_base) for every entry, and a histogram of the top 16 bits of |τ_t| per model. For
-   non-negative IEEE floats the bit patterns, read as integers, order exactly like the values, so the histogram
-   locates the bucket that holds the k-th largest magnitude (k = ⌊d_t·n⌋) — the radix selection of
-   :mod:`.magnitude`.
-2. A histogram of the low 16 bits of |τ_t| for the entries inside that bucket: the exact k-th largest value.
-3. Only when more entries equal that threshold than may be kept: how many of them each thread's range holds,
-   so that the first k − (entries above) of them in flat-index order are kept, as in :func:`.magnitude.top_fraction_mask`.
-4. Per entry: the trim, weights, sign election (among protected entries for TIES-SV), disjoint mean, λ and the
+1. τ_t = f32(θ_t) − f32(θ_base) and a histogram of the top 16 bits of |τ_t| per model. For non-negative IEEE
+   floats the bit patterns, read as integers, order exactly like the values, so the histogram locates the
+   bucket holding the k-th largest magnitude (k = ⌊d_t·n⌋; for TIES-SV also k = ⌊s_t·n⌋) — the radix selection
+   of :mod:`.magnitude`.
+2. A histogram of the low 16 bits of |τ_t| for the entries inside that bucket, per thread range: the exact
+   k-th largest value, and how many entries equal to it each range holds. When more entries tie at the
+   threshold than may be kept, the first k − (entries above) of them in flat-index order are kept, as in
+   :func:`.magnitude.top_fraction_mask`; the per-range counts say how many of them each range takes.
+3. Per block: the trim, weights, sign election (among protected entries for TIES-SV), disjoint mean, λ and the
    base, rounded once to the output dtype (round-to-nearest-even, as torch's cast).
 
 τ_t is recomputed in every pass instead of being stored: one subtraction is cheaper than writing and re-reading
@@ -20,220 +21,217 @@ each pass a compiled loop (numba) split into contiguous ranges, one per thread:
 and in float32 (no fused multiply-add, no reassociation), which is what makes the results identical; the tests
 compare the two on ties, zeros, negative weights, both normalisations and every output dtype.
 
-The kernels compile on first use (a few seconds, cached on disk beside this file by numba). :func:`available`
-tells whether numba can be imported; the engine falls back to the torch definition when it cannot.
+The loops compile on first use (about 20 s per combination of input dtype, output dtype and number of models,
+then cached on disk by numba, beside this file or in ``NUMBA_CACHE_DIR``). This module is imported only when a
+kernel is first called (numba takes a quarter of a second to import); without numba the engine runs the torch
+definition instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 import torch
+from numba import njit, prange
 
-try:
-    import numba
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - numba is a dependency; this keeps the torch path usable without it
-    numba = None
-
-__all__ = ["available", "fused_ties"]
+__all__ = ["fused_ties"]
 
 _HIGH_BINS = 1 << 15  # top 16 bits of |τ| with the sign bit clear
 _LOW_BINS = 1 << 16
 _ABS = np.uint32(0x7FFFFFFF)
 
 
-def available() -> bool:
-    """Whether the compiled kernel can be used (numba importable)."""
-    return numba is not None
+@njit(cache=True, error_model="numpy", inline="always")
+def _load(src, start, stop, shift, mask, out_bits):
+    """Stored values src[start:stop] (uint16 bfloat16 or uint32 float32 bit patterns) as float32 bits."""
+    for j in range(stop - start):
+        out_bits[j] = (np.uint32(src[start + j]) & mask) << shift
 
 
-if numba is not None:
+@njit(cache=True, error_model="numpy", inline="always")
+def _task_vector(src, base_f, start, stop, shift, mask, bits, tau_bits):
+    """τ = f32(θ) − f32(θ_base) of one model on [start, stop), as float32 bit patterns; ``bits`` is scratch."""
+    _load(src, start, stop, shift, mask, bits)
+    f = bits.view(np.float32)
+    t = tau_bits.view(np.float32)
+    for j in range(stop - start):
+        t[j] = f[j] - base_f[j]
 
-    @njit(cache=True, error_model="numpy", inline="always")
-    def _load(src, start, stop, shift, mask, out_bits):
-        """Stored values src[start:stop] (uint16 bfloat16 or uint32 float32 bit patterns) as float32 bits."""
-        for j in range(stop - start):
-            out_bits[j] = (np.uint32(src[start + j]) & mask) << shift
 
-    @njit(cache=True, error_model="numpy", inline="always")
-    def _task_vector(src, base_f, start, stop, shift, mask, bits, tau_bits):
-        """|τ| bit patterns of one model on [start, stop): τ = f32(θ) − f32(θ_base); ``bits`` is scratch."""
-        _load(src, start, stop, shift, mask, bits)
-        f = bits.view(np.float32)
-        t = tau_bits.view(np.float32)
-        for j in range(stop - start):
-            t[j] = f[j] - base_f[j]
+@njit(cache=True)
+def _bounds(n, parts, p):
+    step = (n + parts - 1) // parts
+    return min(n, p * step), min(n, (p + 1) * step)
 
-    @njit(cache=True)
-    def _bounds(n, parts, p):
-        step = (n + parts - 1) // parts
-        return min(n, p * step), min(n, (p + 1) * step)
 
-    @njit(cache=True, parallel=True, error_model="numpy")
-    def _pass_high(models, base, shift, mask, parts, block):
-        """Histogram of the top 16 bits of |τ_t|, per thread range and model: (parts, T, 2^15)."""
-        n = base.shape[0]
-        n_models = len(models)
-        hist = np.zeros((parts, n_models, _HIGH_BINS), dtype=np.int64)
-        for p in prange(parts):
-            lo, hi = _bounds(n, parts, p)
-            base_bits = np.empty(block, dtype=np.uint32)
-            bits = np.empty(block, dtype=np.uint32)
-            tau = np.empty(block, dtype=np.uint32)
-            for s in range(lo, hi, block):
-                e = min(hi, s + block)
-                _load(base, s, e, shift, mask, base_bits)
-                base_f = base_bits.view(np.float32)
-                for t in range(n_models):
-                    _task_vector(models[t], base_f, s, e, shift, mask, bits, tau)
-                    h = hist[p, t]
+@njit(cache=True, parallel=True, error_model="numpy")
+def _pass_high(models, base, shift, mask, parts, block):
+    """Histogram of the top 16 bits of |τ_t|, per thread range and model: (parts, T, 2^15)."""
+    n = base.shape[0]
+    n_models = len(models)
+    hist = np.zeros((parts, n_models, _HIGH_BINS), dtype=np.int64)
+    for p in prange(parts):
+        lo, hi = _bounds(n, parts, p)
+        base_bits = np.empty(block, dtype=np.uint32)
+        bits = np.empty(block, dtype=np.uint32)
+        tau = np.empty(block, dtype=np.uint32)
+        for s in range(lo, hi, block):
+            e = min(hi, s + block)
+            _load(base, s, e, shift, mask, base_bits)
+            base_f = base_bits.view(np.float32)
+            for t in range(n_models):
+                _task_vector(models[t], base_f, s, e, shift, mask, bits, tau)
+                h = hist[p, t]
+                for j in range(e - s):
+                    h[(tau[j] & _ABS) >> 16] += 1
+    return hist
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _pass_low(models, base, shift, mask, parts, block, target_model, target_bucket):
+    """Histogram of the low 16 bits of |τ| inside one top-bits bucket per target: (parts, J, 2^16)."""
+    n = base.shape[0]
+    n_targets = target_model.shape[0]
+    hist = np.zeros((parts, n_targets, _LOW_BINS), dtype=np.int64)
+    for p in prange(parts):
+        lo, hi = _bounds(n, parts, p)
+        base_bits = np.empty(block, dtype=np.uint32)
+        bits = np.empty(block, dtype=np.uint32)
+        tau = np.empty(block, dtype=np.uint32)
+        for s in range(lo, hi, block):
+            e = min(hi, s + block)
+            _load(base, s, e, shift, mask, base_bits)
+            base_f = base_bits.view(np.float32)
+            for t in range(len(models)):
+                _task_vector(models[t], base_f, s, e, shift, mask, bits, tau)
+                for q in range(n_targets):
+                    if target_model[q] != t:
+                        continue
+                    bucket = np.uint32(target_bucket[q])
+                    h = hist[p, q]
                     for j in range(e - s):
-                        h[(tau[j] & _ABS) >> 16] += 1
-        return hist
+                        a = tau[j] & _ABS
+                        if (a >> 16) == bucket:
+                            h[a & 0xFFFF] += 1
+    return hist
 
-    @njit(cache=True, parallel=True, error_model="numpy")
-    def _pass_low(models, base, shift, mask, parts, block, target_model, target_bucket):
-        """Histogram of the low 16 bits of |τ| inside one top-bits bucket per target: (parts, J, 2^16)."""
-        n = base.shape[0]
-        n_targets = target_model.shape[0]
-        hist = np.zeros((parts, n_targets, _LOW_BINS), dtype=np.int64)
-        for p in prange(parts):
-            lo, hi = _bounds(n, parts, p)
-            base_bits = np.empty(block, dtype=np.uint32)
-            bits = np.empty(block, dtype=np.uint32)
-            tau = np.empty(block, dtype=np.uint32)
-            for s in range(lo, hi, block):
-                e = min(hi, s + block)
-                _load(base, s, e, shift, mask, base_bits)
-                base_f = base_bits.view(np.float32)
-                for t in range(len(models)):
-                    _task_vector(models[t], base_f, s, e, shift, mask, bits, tau)
-                    for q in range(n_targets):
-                        if target_model[q] != t:
-                            continue
-                        bucket = np.uint32(target_bucket[q])
-                        h = hist[p, q]
-                        for j in range(e - s):
-                            a = tau[j] & _ABS
-                            if (a >> 16) == bucket:
-                                h[a & 0xFFFF] += 1
-        return hist
 
-    @njit(cache=True, error_model="numpy", inline="always")
-    def _trim_weigh(tau_f, mag, e, key, allowed, w, out):
-        """out[:e] = w·τ where |τ| (bit patterns ``mag``) is above ``key``, or equal to it and among the first
-        ``allowed`` such entries (``allowed`` < 0: all of them); 0 elsewhere. Returns what is left of ``allowed``.
-        """
-        zero = np.float32(0.0)
-        if allowed < 0:
-            for j in range(e):
-                out[j] = tau_f[j] * w if mag[j] >= key else zero
-            return allowed
+@njit(cache=True, error_model="numpy", inline="always")
+def _trim_weigh(tau_f, mag, e, key, allowed, w, out):
+    """out[:e] = w·τ where |τ| (bit patterns ``mag``) is above ``key``, or equal to it and among the first
+    ``allowed`` such entries (``allowed`` < 0: all of them); 0 elsewhere. Returns what is left of ``allowed``.
+    """
+    zero = np.float32(0.0)
+    if allowed < 0:
         for j in range(e):
-            out[j] = tau_f[j] * w if mag[j] > key else zero
-        if allowed > 0:
-            for j in range(e):
-                if mag[j] == key and allowed > 0:
-                    out[j] = tau_f[j] * w
-                    allowed -= 1
+            out[j] = tau_f[j] * w if mag[j] >= key else zero
         return allowed
+    for j in range(e):
+        out[j] = tau_f[j] * w if mag[j] > key else zero
+    if allowed > 0:
+        for j in range(e):
+            if mag[j] == key and allowed > 0:
+                out[j] = tau_f[j] * w
+                allowed -= 1
+    return allowed
 
-    @njit(cache=True, parallel=True, error_model="numpy")
-    def _pass_combine(
-        models, base, out, shift, mask, out_bf16, parts, block,
-        keep_key, keep_ties, protect_key, protect_ties, weight, lambda_, normalize, use_slack,
-    ):  # fmt: skip
-        """θ_base + λ · disjoint mean of the trimmed, weighted task vectors under the elected sign, into ``out``.
 
-        keep_key[t] / protect_key[t]: the |τ_t| bit pattern of the density / slack threshold (entries above it
-        are kept / protected; 0xFFFFFFFF: none). keep_ties[p, t] / protect_ties[p, t]: how many of the entries
-        equal to that threshold thread range p takes, the first ones in index order (-1: all of them).
-        """
-        n = base.shape[0]
-        n_models = len(models)
-        lam = np.float32(lambda_)
-        one = np.float32(1.0)
-        zero = np.float32(0.0)
-        for p in prange(parts):
-            lo, hi = _bounds(n, parts, p)
-            base_bits = np.empty(block, dtype=np.uint32)
-            bits = np.empty(block, dtype=np.uint32)
-            tau = np.empty(block, dtype=np.uint32)
-            mag = np.empty(block, dtype=np.uint32)
-            v = np.empty(block, dtype=np.float32)
-            pv = np.empty(block, dtype=np.float32)
-            total = np.empty(block, dtype=np.float32)
-            prot_total = np.empty(block, dtype=np.float32)
-            prot_count = np.empty(block, dtype=np.int32)
-            pos_sum = np.empty(block, dtype=np.float32)
-            neg_sum = np.empty(block, dtype=np.float32)
-            pos_w = np.empty(block, dtype=np.float32)
-            neg_w = np.empty(block, dtype=np.float32)
-            result = np.empty(block, dtype=np.uint32)
-            keep_left = keep_ties[p].copy()
-            protect_left = protect_ties[p].copy()
-            tau_f = tau.view(np.float32)
-            res = result.view(np.float32)
-            for s in range(lo, hi, block):
-                e = min(hi, s + block) - s
-                _load(base, s, s + e, shift, mask, base_bits)
-                base_f = base_bits.view(np.float32)
+@njit(cache=True, parallel=True, error_model="numpy")
+def _pass_combine(
+    models, base, out, shift, mask, out_bf16, parts, block,
+    keep_key, keep_ties, protect_key, protect_ties, weight, lambda_, normalize, use_slack,
+):  # fmt: skip
+    """θ_base + λ · disjoint mean of the trimmed, weighted task vectors under the elected sign, into ``out``.
+
+    keep_key[t] / protect_key[t]: the |τ_t| bit pattern of the density / slack threshold (entries above it
+    are kept / protected; 0xFFFFFFFF: none). keep_ties[p, t] / protect_ties[p, t]: how many of the entries
+    equal to that threshold thread range p takes, the first ones in index order (-1: all of them).
+    """
+    n = base.shape[0]
+    n_models = len(models)
+    lam = np.float32(lambda_)
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for p in prange(parts):
+        lo, hi = _bounds(n, parts, p)
+        base_bits = np.empty(block, dtype=np.uint32)
+        bits = np.empty(block, dtype=np.uint32)
+        tau = np.empty(block, dtype=np.uint32)
+        mag = np.empty(block, dtype=np.uint32)
+        v = np.empty(block, dtype=np.float32)
+        pv = np.empty(block, dtype=np.float32)
+        total = np.empty(block, dtype=np.float32)
+        prot_total = np.empty(block, dtype=np.float32)
+        prot_count = np.empty(block, dtype=np.int32)
+        pos_sum = np.empty(block, dtype=np.float32)
+        neg_sum = np.empty(block, dtype=np.float32)
+        pos_w = np.empty(block, dtype=np.float32)
+        neg_w = np.empty(block, dtype=np.float32)
+        result = np.empty(block, dtype=np.uint32)
+        keep_left = keep_ties[p].copy()
+        protect_left = protect_ties[p].copy()
+        tau_f = tau.view(np.float32)
+        res = result.view(np.float32)
+        for s in range(lo, hi, block):
+            e = min(hi, s + block) - s
+            _load(base, s, s + e, shift, mask, base_bits)
+            base_f = base_bits.view(np.float32)
+            for j in range(e):
+                pos_sum[j] = zero
+                neg_sum[j] = zero
+                pos_w[j] = zero
+                neg_w[j] = zero
+                prot_count[j] = 0
+            for t in range(n_models):
+                _task_vector(models[t], base_f, s, s + e, shift, mask, bits, tau)
                 for j in range(e):
-                    pos_sum[j] = zero
-                    neg_sum[j] = zero
-                    pos_w[j] = zero
-                    neg_w[j] = zero
-                    prot_count[j] = 0
-                for t in range(n_models):
-                    _task_vector(models[t], base_f, s, s + e, shift, mask, bits, tau)
+                    mag[j] = tau[j] & _ABS
+                w = np.float32(weight[t])
+                keep_left[t] = _trim_weigh(tau_f, mag, e, keep_key[t], keep_left[t], w, v)
+                if t == 0:
                     for j in range(e):
-                        mag[j] = tau[j] & _ABS
-                    w = np.float32(weight[t])
-                    keep_left[t] = _trim_weigh(tau_f, mag, e, keep_key[t], keep_left[t], w, v)
+                        total[j] = v[j]
+                else:
+                    for j in range(e):
+                        total[j] = total[j] + v[j]
+                if use_slack:
+                    protect_left[t] = _trim_weigh(tau_f, mag, e, protect_key[t], protect_left[t], w, pv)
                     if t == 0:
                         for j in range(e):
-                            total[j] = v[j]
+                            prot_total[j] = pv[j]
                     else:
                         for j in range(e):
-                            total[j] = total[j] + v[j]
-                    if use_slack:
-                        protect_left[t] = _trim_weigh(tau_f, mag, e, protect_key[t], protect_left[t], w, pv)
-                        if t == 0:
-                            for j in range(e):
-                                prot_total[j] = pv[j]
-                        else:
-                            for j in range(e):
-                                prot_total[j] = prot_total[j] + pv[j]
-                        for j in range(e):
-                            prot_count[j] += pv[j] != zero
+                            prot_total[j] = prot_total[j] + pv[j]
                     for j in range(e):
-                        x = v[j]
-                        pos_sum[j] = pos_sum[j] + (x if x > zero else zero)
-                        neg_sum[j] = neg_sum[j] + (x if x < zero else zero)
-                        pos_w[j] = pos_w[j] + (w if x > zero else zero)
-                        neg_w[j] = neg_w[j] + (w if x < zero else zero)
-                if use_slack:  # the election among the protected values wherever there are some
-                    for j in range(e):
-                        total[j] = prot_total[j] if prot_count[j] > 0 else total[j]
-                if normalize:  # a zero weight sum divides by 1
-                    for j in range(e):
-                        pos_sum[j] = pos_sum[j] / (pos_w[j] if pos_w[j] != zero else one)
-                        neg_sum[j] = neg_sum[j] / (neg_w[j] if neg_w[j] != zero else one)
-                if lam != one:
-                    for j in range(e):
-                        res[j] = (pos_sum[j] if total[j] >= zero else neg_sum[j]) * lam + base_f[j]
-                else:
-                    for j in range(e):
-                        res[j] = (pos_sum[j] if total[j] >= zero else neg_sum[j]) + base_f[j]
-                if out_bf16:  # round to nearest even, as torch's float32 → bfloat16 cast
-                    for j in range(e):
-                        b = result[j]
-                        out[s + j] = (b + np.uint32(0x7FFF) + ((b >> 16) & np.uint32(1))) >> 16
-                else:
-                    for j in range(e):
-                        out[s + j] = result[j]
+                        prot_count[j] += pv[j] != zero
+                for j in range(e):
+                    x = v[j]
+                    pos_sum[j] = pos_sum[j] + (x if x > zero else zero)
+                    neg_sum[j] = neg_sum[j] + (x if x < zero else zero)
+                    pos_w[j] = pos_w[j] + (w if x > zero else zero)
+                    neg_w[j] = neg_w[j] + (w if x < zero else zero)
+            if use_slack:  # the election among the protected values wherever there are some
+                for j in range(e):
+                    total[j] = prot_total[j] if prot_count[j] > 0 else total[j]
+            if normalize:  # a zero weight sum divides by 1
+                for j in range(e):
+                    pos_sum[j] = pos_sum[j] / (pos_w[j] if pos_w[j] != zero else one)
+                    neg_sum[j] = neg_sum[j] / (neg_w[j] if neg_w[j] != zero else one)
+            if lam != one:
+                for j in range(e):
+                    res[j] = (pos_sum[j] if total[j] >= zero else neg_sum[j]) * lam + base_f[j]
+            else:
+                for j in range(e):
+                    res[j] = (pos_sum[j] if total[j] >= zero else neg_sum[j]) + base_f[j]
+            if out_bf16:  # round to nearest even, as torch's float32 → bfloat16 cast
+                for j in range(e):
+                    b = result[j]
+                    out[s + j] = (b + np.uint32(0x7FFF) + ((b >> 16) & np.uint32(1))) >> 16
+            else:
+                for j in range(e):
+                    out[s + j] = result[j]
 
 
 def _kth_from_top(counts: np.ndarray, k: int) -> tuple[int, int]:
@@ -274,8 +272,6 @@ def fused_ties(
     four times instead of being copied; the result is returned in ``out_dtype``, rounded once. Equal, element
     for element, to the torch definition followed by ``.to(out_dtype)``.
     """
-    if numba is None:  # pragma: no cover
-        raise RuntimeError("the fused TIES kernel needs numba")
     dtypes = {t.dtype for t in (base, *tensors)}
     if dtypes - {torch.float32, torch.bfloat16} or len(dtypes) > 1:
         base, tensors = base.float(), [t.float() for t in tensors]
