@@ -64,15 +64,15 @@ def test_fused_equals_torch_definition(case, kind, in_dtype, out_dtype):
     assert torch.equal(got, expected)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 5])
+@pytest.mark.parametrize("parts", [1, 2, 5, 16])
 @pytest.mark.parametrize("block", [64, 4096])
-def test_ties_across_ranges_and_blocks(threads, block):
+def test_ties_across_ranges_and_blocks(parts, block):
     """The tie budget is split over thread ranges in index order: any split gives the same result."""
     base, models = _inputs(2, torch.bfloat16, "ties")
     kw = dict(weight=[1.0, 0.6], density=[0.37, 0.61], lambda_=1.0, normalize=True)
     expected = _reference(models, base, torch.bfloat16, [0.11, 0.2], **kw)
     got = fused_ties(
-        models, base=base, slack=[0.11, 0.2], out_dtype=torch.bfloat16, threads=threads, block=block, **kw
+        models, base=base, slack=[0.11, 0.2], out_dtype=torch.bfloat16, parts=parts, block=block, **kw
     )
     assert torch.equal(got, expected)
 

@@ -42,22 +42,29 @@ _HIGH_BINS = 1 << 15  # top 16 bits of |τ| with the sign bit clear
 _LOW_BINS = 1 << 16
 _ABS = np.uint32(0x7FFFFFFF)
 
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _load(src, start, stop, shift, mask, out_bits):
-    """Stored values src[start:stop] (uint16 bfloat16 or uint32 float32 bit patterns) as float32 bits."""
-    for j in range(stop - start):
-        out_bits[j] = (np.uint32(src[start + j]) & mask) << shift
+# Each pass is a plain compiled function over one contiguous range [lo, hi) of the flattened tensors, and a
+# parallel loop that runs it on every thread's range. Keeping the per-range loops out of the parallel region
+# lets the compiler vectorise them (inside a numba ``prange`` body it cannot prove the scratch arrays distinct).
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _task_vector(src, base_f, start, stop, shift, mask, bits, tau_bits):
-    """τ = f32(θ) − f32(θ_base) of one model on [start, stop), as float32 bit patterns; ``bits`` is scratch."""
-    _load(src, start, stop, shift, mask, bits)
-    f = bits.view(np.float32)
+def _load(src, start, count, out_bits):
+    """Stored values src[start:start+count] (bfloat16 or float32 bit patterns) as float32 bit patterns."""
+    if src.itemsize == 2:  # bfloat16 is the top half of a float32 (resolved at compile time)
+        for j in range(count):
+            out_bits[j] = np.uint32(np.uint16(src[start + j])) << np.uint32(16)
+    else:
+        for j in range(count):
+            out_bits[j] = np.uint32(src[start + j])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _task_vector(src, base_f, start, count, tau_bits):
+    """τ = f32(θ) − f32(θ_base) of one model on [start, start+count), as float32 bit patterns in ``tau_bits``."""
+    _load(src, start, count, tau_bits)
     t = tau_bits.view(np.float32)
-    for j in range(stop - start):
-        t[j] = f[j] - base_f[j]
+    for j in range(count):
+        t[j] = t[j] - base_f[j]
 
 
 @njit(cache=True)
@@ -66,55 +73,61 @@ def _bounds(n, parts, p):
     return min(n, p * step), min(n, (p + 1) * step)
 
 
+@njit(cache=True, error_model="numpy")
+def _high_range(models, base, lo, hi, block, hist):
+    """hist[t, b] += how many |τ_t| on [lo, hi) have top 16 bits b."""
+    base_bits = np.empty(block, dtype=np.uint32)
+    tau = np.empty(block, dtype=np.uint32)
+    for s in range(lo, hi, block):
+        e = min(hi, s + block) - s
+        _load(base, s, e, base_bits)
+        base_f = base_bits.view(np.float32)
+        for t in range(len(models)):
+            _task_vector(models[t], base_f, s, e, tau)
+            h = hist[t]
+            for j in range(e):
+                h[(tau[j] & _ABS) >> 16] += 1
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
-def _pass_high(models, base, shift, mask, parts, block):
+def _pass_high(models, base, parts, block):
     """Histogram of the top 16 bits of |τ_t|, per thread range and model: (parts, T, 2^15)."""
-    n = base.shape[0]
-    n_models = len(models)
-    hist = np.zeros((parts, n_models, _HIGH_BINS), dtype=np.int64)
+    hist = np.zeros((parts, len(models), _HIGH_BINS), dtype=np.int32)
     for p in prange(parts):
-        lo, hi = _bounds(n, parts, p)
-        base_bits = np.empty(block, dtype=np.uint32)
-        bits = np.empty(block, dtype=np.uint32)
-        tau = np.empty(block, dtype=np.uint32)
-        for s in range(lo, hi, block):
-            e = min(hi, s + block)
-            _load(base, s, e, shift, mask, base_bits)
-            base_f = base_bits.view(np.float32)
-            for t in range(n_models):
-                _task_vector(models[t], base_f, s, e, shift, mask, bits, tau)
-                h = hist[p, t]
-                for j in range(e - s):
-                    h[(tau[j] & _ABS) >> 16] += 1
+        lo, hi = _bounds(base.shape[0], parts, p)
+        _high_range(models, base, lo, hi, block, hist[p])
     return hist
 
 
+@njit(cache=True, error_model="numpy")
+def _low_range(models, base, lo, hi, block, target_model, target_bucket, hist):
+    """hist[q, b] += how many |τ| of model target_model[q] on [lo, hi) have top bits target_bucket[q], low bits b."""
+    base_bits = np.empty(block, dtype=np.uint32)
+    tau = np.empty(block, dtype=np.uint32)
+    for s in range(lo, hi, block):
+        e = min(hi, s + block) - s
+        _load(base, s, e, base_bits)
+        base_f = base_bits.view(np.float32)
+        for t in range(len(models)):
+            _task_vector(models[t], base_f, s, e, tau)
+            for q in range(target_model.shape[0]):
+                if target_model[q] != t:
+                    continue
+                bucket = np.uint32(target_bucket[q])
+                h = hist[q]
+                for j in range(e):
+                    a = tau[j] & _ABS
+                    if (a >> 16) == bucket:
+                        h[a & 0xFFFF] += 1
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
-def _pass_low(models, base, shift, mask, parts, block, target_model, target_bucket):
+def _pass_low(models, base, parts, block, target_model, target_bucket):
     """Histogram of the low 16 bits of |τ| inside one top-bits bucket per target: (parts, J, 2^16)."""
-    n = base.shape[0]
-    n_targets = target_model.shape[0]
-    hist = np.zeros((parts, n_targets, _LOW_BINS), dtype=np.int64)
+    hist = np.zeros((parts, target_model.shape[0], _LOW_BINS), dtype=np.int32)
     for p in prange(parts):
-        lo, hi = _bounds(n, parts, p)
-        base_bits = np.empty(block, dtype=np.uint32)
-        bits = np.empty(block, dtype=np.uint32)
-        tau = np.empty(block, dtype=np.uint32)
-        for s in range(lo, hi, block):
-            e = min(hi, s + block)
-            _load(base, s, e, shift, mask, base_bits)
-            base_f = base_bits.view(np.float32)
-            for t in range(len(models)):
-                _task_vector(models[t], base_f, s, e, shift, mask, bits, tau)
-                for q in range(n_targets):
-                    if target_model[q] != t:
-                        continue
-                    bucket = np.uint32(target_bucket[q])
-                    h = hist[p, q]
-                    for j in range(e - s):
-                        a = tau[j] & _ABS
-                        if (a >> 16) == bucket:
-                            h[a & 0xFFFF] += 1
+        lo, hi = _bounds(base.shape[0], parts, p)
+        _low_range(models, base, lo, hi, block, target_model, target_bucket, hist[p])
     return hist
 
 
@@ -138,100 +151,116 @@ def _trim_weigh(tau_f, mag, e, key, allowed, w, out):
     return allowed
 
 
+@njit(cache=True, error_model="numpy")
+def _combine_range(
+    models, base, out, lo, hi, block, keep_key, keep_left, protect_key, protect_left, weight, lambda_,
+    normalize, use_slack,
+):  # fmt: skip
+    """The merged values on [lo, hi) into ``out`` (see :func:`_pass_combine`); consumes keep_left/protect_left."""
+    n_models = len(models)
+    lam = np.float32(lambda_)
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    base_bits = np.empty(block, dtype=np.uint32)
+    tau = np.empty(block, dtype=np.uint32)
+    mag = np.empty(block, dtype=np.uint32)
+    v = np.empty(block, dtype=np.float32)
+    pv = np.empty(block, dtype=np.float32)
+    total = np.empty(block, dtype=np.float32)
+    prot_total = np.empty(block, dtype=np.float32)
+    prot_count = np.empty(block, dtype=np.int32)
+    pos_sum = np.empty(block, dtype=np.float32)
+    neg_sum = np.empty(block, dtype=np.float32)
+    pos_w = np.empty(block, dtype=np.float32)
+    neg_w = np.empty(block, dtype=np.float32)
+    result = np.empty(block, dtype=np.uint32)
+    tau_f = tau.view(np.float32)
+    res = result.view(np.float32)
+    for s in range(lo, hi, block):
+        e = min(hi, s + block) - s
+        _load(base, s, e, base_bits)
+        base_f = base_bits.view(np.float32)
+        for j in range(e):
+            pos_sum[j] = zero
+            neg_sum[j] = zero
+            pos_w[j] = zero
+            neg_w[j] = zero
+            prot_count[j] = 0
+        for t in range(n_models):
+            _task_vector(models[t], base_f, s, e, tau)
+            for j in range(e):
+                mag[j] = tau[j] & _ABS
+            w = np.float32(weight[t])
+            keep_left[t] = _trim_weigh(tau_f, mag, e, keep_key[t], keep_left[t], w, v)
+            if t == 0:
+                for j in range(e):
+                    total[j] = v[j]
+            else:
+                for j in range(e):
+                    total[j] = total[j] + v[j]
+            if use_slack:
+                protect_left[t] = _trim_weigh(tau_f, mag, e, protect_key[t], protect_left[t], w, pv)
+                if t == 0:
+                    for j in range(e):
+                        prot_total[j] = pv[j]
+                else:
+                    for j in range(e):
+                        prot_total[j] = prot_total[j] + pv[j]
+                for j in range(e):
+                    prot_count[j] += pv[j] != zero
+            for j in range(e):
+                x = v[j]
+                pos_sum[j] = pos_sum[j] + (x if x > zero else zero)
+                neg_sum[j] = neg_sum[j] + (x if x < zero else zero)
+                pos_w[j] = pos_w[j] + (w if x > zero else zero)
+                neg_w[j] = neg_w[j] + (w if x < zero else zero)
+        if use_slack:  # the election among the protected values wherever there are some
+            for j in range(e):
+                total[j] = prot_total[j] if prot_count[j] > 0 else total[j]
+        if normalize:  # a zero weight sum divides by 1
+            for j in range(e):
+                pos_sum[j] = pos_sum[j] / (pos_w[j] if pos_w[j] != zero else one)
+                neg_sum[j] = neg_sum[j] / (neg_w[j] if neg_w[j] != zero else one)
+        if lam != one:
+            for j in range(e):
+                res[j] = (pos_sum[j] if total[j] >= zero else neg_sum[j]) * lam + base_f[j]
+        else:
+            for j in range(e):
+                res[j] = (pos_sum[j] if total[j] >= zero else neg_sum[j]) + base_f[j]
+        if out.itemsize == 2:  # bfloat16: round to nearest even, as torch's float32 → bfloat16 cast
+            for j in range(e):
+                b = result[j]
+                out[s + j] = (b + np.uint32(0x7FFF) + ((b >> 16) & np.uint32(1))) >> 16
+        else:
+            for j in range(e):
+                out[s + j] = result[j]
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def _pass_combine(
-    models, base, out, shift, mask, out_bf16, parts, block,
-    keep_key, keep_ties, protect_key, protect_ties, weight, lambda_, normalize, use_slack,
+    models, base, out, parts, block, keep_key, keep_ties, protect_key, protect_ties, weight, lambda_,
+    normalize, use_slack,
 ):  # fmt: skip
     """θ_base + λ · disjoint mean of the trimmed, weighted task vectors under the elected sign, into ``out``.
 
     keep_key[t] / protect_key[t]: the |τ_t| bit pattern of the density / slack threshold (entries above it
     are kept / protected; 0xFFFFFFFF: none). keep_ties[p, t] / protect_ties[p, t]: how many of the entries
-    equal to that threshold thread range p takes, the first ones in index order (-1: all of them).
+    equal to that threshold thread range p takes, the first ones in index order (-1: all of them). ``out``
+    holds bfloat16 (2-byte) or float32 (4-byte) bit patterns.
     """
-    n = base.shape[0]
-    n_models = len(models)
-    lam = np.float32(lambda_)
-    one = np.float32(1.0)
-    zero = np.float32(0.0)
     for p in prange(parts):
-        lo, hi = _bounds(n, parts, p)
-        base_bits = np.empty(block, dtype=np.uint32)
-        bits = np.empty(block, dtype=np.uint32)
-        tau = np.empty(block, dtype=np.uint32)
-        mag = np.empty(block, dtype=np.uint32)
-        v = np.empty(block, dtype=np.float32)
-        pv = np.empty(block, dtype=np.float32)
-        total = np.empty(block, dtype=np.float32)
-        prot_total = np.empty(block, dtype=np.float32)
-        prot_count = np.empty(block, dtype=np.int32)
-        pos_sum = np.empty(block, dtype=np.float32)
-        neg_sum = np.empty(block, dtype=np.float32)
-        pos_w = np.empty(block, dtype=np.float32)
-        neg_w = np.empty(block, dtype=np.float32)
-        result = np.empty(block, dtype=np.uint32)
-        keep_left = keep_ties[p].copy()
-        protect_left = protect_ties[p].copy()
-        tau_f = tau.view(np.float32)
-        res = result.view(np.float32)
-        for s in range(lo, hi, block):
-            e = min(hi, s + block) - s
-            _load(base, s, s + e, shift, mask, base_bits)
-            base_f = base_bits.view(np.float32)
-            for j in range(e):
-                pos_sum[j] = zero
-                neg_sum[j] = zero
-                pos_w[j] = zero
-                neg_w[j] = zero
-                prot_count[j] = 0
-            for t in range(n_models):
-                _task_vector(models[t], base_f, s, s + e, shift, mask, bits, tau)
-                for j in range(e):
-                    mag[j] = tau[j] & _ABS
-                w = np.float32(weight[t])
-                keep_left[t] = _trim_weigh(tau_f, mag, e, keep_key[t], keep_left[t], w, v)
-                if t == 0:
-                    for j in range(e):
-                        total[j] = v[j]
-                else:
-                    for j in range(e):
-                        total[j] = total[j] + v[j]
-                if use_slack:
-                    protect_left[t] = _trim_weigh(tau_f, mag, e, protect_key[t], protect_left[t], w, pv)
-                    if t == 0:
-                        for j in range(e):
-                            prot_total[j] = pv[j]
-                    else:
-                        for j in range(e):
-                            prot_total[j] = prot_total[j] + pv[j]
-                    for j in range(e):
-                        prot_count[j] += pv[j] != zero
-                for j in range(e):
-                    x = v[j]
-                    pos_sum[j] = pos_sum[j] + (x if x > zero else zero)
-                    neg_sum[j] = neg_sum[j] + (x if x < zero else zero)
-                    pos_w[j] = pos_w[j] + (w if x > zero else zero)
-                    neg_w[j] = neg_w[j] + (w if x < zero else zero)
-            if use_slack:  # the election among the protected values wherever there are some
-                for j in range(e):
-                    total[j] = prot_total[j] if prot_count[j] > 0 else total[j]
-            if normalize:  # a zero weight sum divides by 1
-                for j in range(e):
-                    pos_sum[j] = pos_sum[j] / (pos_w[j] if pos_w[j] != zero else one)
-                    neg_sum[j] = neg_sum[j] / (neg_w[j] if neg_w[j] != zero else one)
-            if lam != one:
-                for j in range(e):
-                    res[j] = (pos_sum[j] if total[j] >= zero else neg_sum[j]) * lam + base_f[j]
-            else:
-                for j in range(e):
-                    res[j] = (pos_sum[j] if total[j] >= zero else neg_sum[j]) + base_f[j]
-            if out_bf16:  # round to nearest even, as torch's float32 → bfloat16 cast
-                for j in range(e):
-                    b = result[j]
-                    out[s + j] = (b + np.uint32(0x7FFF) + ((b >> 16) & np.uint32(1))) >> 16
-            else:
-                for j in range(e):
-                    out[s + j] = result[j]
+        lo, hi = _bounds(base.shape[0], parts, p)
+        _combine_range(
+            models, base, out, lo, hi, block, keep_key, keep_ties[p].copy(), protect_key,
+            protect_ties[p].copy(), weight, lambda_, normalize, use_slack,
+        )  # fmt: skip
+
+
+def _parts(n: int) -> int:
+    """How many contiguous ranges a tensor of n entries is split into: one per thread (numba's scheduling is
+    static; measured: handing out smaller ranges one at a time with ``parallel_chunksize(1)`` is 3–9× slower),
+    more only to keep every range under 2^30 entries (int32 counts)."""
+    return max(1, min(numba.get_num_threads(), n >> 16), -(-n // (1 << 30)))
 
 
 def _kth_from_top(counts: np.ndarray, k: int) -> tuple[int, int]:
@@ -242,12 +271,10 @@ def _kth_from_top(counts: np.ndarray, k: int) -> tuple[int, int]:
     return bucket, int(from_top[j] - counts[bucket])
 
 
-def _bits(x: torch.Tensor) -> tuple[np.ndarray, int, int]:
-    """A flat bit-pattern view of a float32 or bfloat16 tensor: (array, shift to float32 bits, mask)."""
+def _bits(x: torch.Tensor) -> np.ndarray:
+    """A flat view of a bfloat16 (as uint16) or float32 (as uint32) tensor's bit patterns, sharing its memory."""
     flat = x.reshape(-1)
-    if x.dtype == torch.bfloat16:
-        return flat.view(torch.int16).numpy(), 16, 0xFFFF
-    return flat.view(torch.int32).numpy(), 0, 0xFFFFFFFF
+    return flat.view(torch.uint16 if x.dtype == torch.bfloat16 else torch.uint32).numpy()
 
 
 NONE = np.uint32(0xFFFFFFFF)  # a threshold key no |τ| can exceed (largest finite |τ| is 0x7F7FFFFF)
@@ -263,8 +290,8 @@ def fused_ties(
     lambda_: float = 1.0,
     normalize: bool = True,
     out_dtype: torch.dtype = torch.float32,
-    threads: int | None = None,
-    block: int = 4096,
+    parts: int | None = None,
+    block: int = 1024,
 ) -> torch.Tensor:
     """:func:`.ties.ties` (or :func:`.ties.ties_sv` with ``slack``) computed in float32 by the fused kernel.
 
@@ -277,12 +304,11 @@ def fused_ties(
         base, tensors = base.float(), [t.float() for t in tensors]
     base = base.contiguous()
     tensors = [t.contiguous() for t in tensors]
-    base_np, shift, mask = _bits(base)
-    models = tuple(_bits(t)[0] for t in tensors)
+    base_np = _bits(base)
+    models = tuple(_bits(t) for t in tensors)
     n = base_np.shape[0]
     n_models = len(models)
-    parts = threads or numba.get_num_threads()
-    shift32, mask32 = np.uint32(shift), np.uint32(mask)
+    parts = parts or _parts(n)
     use_slack = slack is not None and any(s > 0 for s in slack)
 
     # Targets: one threshold per model for the density, and one for the slack when TIES-SV protects entries.
@@ -301,11 +327,11 @@ def fused_ties(
         else:
             search.append((q, k))
     if search:
-        high = _pass_high(models, base_np, shift32, mask32, parts, block).sum(axis=0)
+        high = _pass_high(models, base_np, parts, block).sum(axis=0)
         found = {q: _kth_from_top(high[target_model[q]], k) for q, k in search}
         buckets = np.array([found.get(q, (0, 0))[0] for q in range(len(fractions))], dtype=np.int64)
         wanted = np.array([target_model[q] if q in found else -1 for q in range(len(fractions))])
-        low_parts = _pass_low(models, base_np, shift32, mask32, parts, block, wanted, buckets)
+        low_parts = _pass_low(models, base_np, parts, block, wanted, buckets)
         low = low_parts.sum(axis=0)
         need_ties = []
         for q, k in search:
@@ -321,10 +347,10 @@ def fused_ties(
             before = np.concatenate([[0], np.cumsum(per_part)[:-1]])
             allow[:, q] = np.clip(taken - before, 0, per_part)
     out_bf16 = out_dtype == torch.bfloat16
-    out = torch.empty(n, dtype=torch.int16 if out_bf16 else torch.int32)
+    out = torch.empty(n, dtype=torch.uint16 if out_bf16 else torch.uint32)
     weights = np.asarray(weight, dtype=np.float64)
     _pass_combine(
-        models, base_np, out.numpy(), shift32, mask32, out_bf16, parts, block,
+        models, base_np, out.numpy(), parts, block,
         keys[:n_models], allow[:, :n_models], keys[n_models:] if use_slack else keys[:n_models],
         allow[:, n_models:] if use_slack else allow[:, :n_models], weights, float(lambda_), normalize, use_slack,
     )  # fmt: skip
