@@ -135,12 +135,20 @@ def _pass_low(models, base, parts, block, target_model, target_bucket):
 def _trim_weigh(tau_f, mag, e, key, allowed, w, out):
     """out[:e] = w·τ where |τ| (bit patterns ``mag``) is above ``key``, or equal to it and among the first
     ``allowed`` such entries (``allowed`` < 0: all of them); 0 elsewhere. Returns what is left of ``allowed``.
+
+    Only the one block per range in which the allowance runs out needs an entry-by-entry loop; every other
+    block keeps all or none of its tied entries in one vectorised loop.
     """
     zero = np.float32(0.0)
-    if allowed < 0:
-        for j in range(e):
-            out[j] = tau_f[j] * w if mag[j] >= key else zero
-        return allowed
+    if allowed != 0:
+        tied = 0
+        if allowed > 0:
+            for j in range(e):
+                tied += mag[j] == key
+        if allowed < 0 or tied <= allowed:
+            for j in range(e):
+                out[j] = tau_f[j] * w if mag[j] >= key else zero
+            return allowed if allowed < 0 else allowed - tied
     for j in range(e):
         out[j] = tau_f[j] * w if mag[j] > key else zero
     if allowed > 0:
