@@ -43,8 +43,7 @@ _LOW_BINS = 1 << 16
 _ABS = np.uint32(0x7FFFFFFF)
 
 # Each pass is a plain compiled function over one contiguous range [lo, hi) of the flattened tensors, and a
-# parallel loop that runs it on every thread's range. Keeping the per-range loops out of the parallel region
-# lets the compiler vectorise them (inside a numba ``prange`` body it cannot prove the scratch arrays distinct).
+# parallel loop that runs it on every thread's range (one range per thread).
 
 
 @njit(cache=True, error_model="numpy", inline="always")
