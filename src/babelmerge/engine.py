@@ -206,7 +206,8 @@ def _blockwise(plan: MergePlan) -> bool:
     return plan.method.elementwise and plan.device.type == "cpu"
 
 
-# Below this many entries a method's torch definition is as fast as its compiled kernel (thread start-up, histograms).
+# Below this many entries a method's torch definition is as fast as its compiled kernel (thread start-up and
+# histograms dominate).
 KERNEL_MIN_NUMEL = 1 << 16
 
 
@@ -236,9 +237,10 @@ def merge_tensor(
     """Merge one tensor: cast the inputs to the compute dtype/device (if not yet done) and call the method.
 
     Returns the result in ``out_dtype`` (default: the compute dtype). Methods with a compiled kernel (TIES,
-    TIES-SV) hand large tensors, still in their stored dtype, to it (see :func:`_use_kernel`). Elementwise methods run on blocks of
-    :data:`BLOCK` entries, each cast to the compute dtype, merged and written into the output; since entry i of
-    the result depends only on entry i of the inputs, this gives the same numbers as one call on whole tensors.
+    TIES-SV) hand large tensors to it still in their stored dtype (see :func:`_use_kernel`). Elementwise methods
+    run on blocks of :data:`BLOCK` entries, each cast to the compute dtype, merged and written into the output;
+    since entry i of the result depends only on entry i of the inputs, this gives the same numbers as one call on
+    whole tensors.
     """
     if name not in plan.params:  # integer/bool buffers are copied from the reference model
         return inputs[plan.reference.ref]
@@ -320,8 +322,9 @@ def execute_plan(
     """Stream every tensor through the method into the planned shards in ``out``; write the index if sharded.
 
     Three stages overlap: reader threads read, check and (unless the method runs block by block, casting each
-    block itself, or through a kernel that reads the stored dtype) cast the inputs of the next ``prefetch`` tensor names; the calling thread runs the merge method;
-    a writer thread appends each result to its shard (at most ``prefetch`` results wait for it).
+    block itself, or through a kernel that reads the stored dtype) cast the inputs of the next ``prefetch``
+    tensor names; the calling thread runs the merge method; a writer thread appends each result to its shard (at
+    most ``prefetch`` results wait for it).
     """
     from tqdm.auto import tqdm
 
