@@ -1,7 +1,7 @@
 """TIES and TIES-SV as a fused, multi-threaded CPU kernel: the numbers of :mod:`.ties`, a fraction of the passes.
 
 :func:`.ties.ties` is the definition: a dozen whole-tensor torch operations, each streaming float32 copies of
-the task vectors through memory (about 40 ns per task-vector entry on this project's 2-core machine). This
+the task vectors through memory (about 20 ns per task-vector entry in the 0.5B benchmark on 2 cores). This
 module computes the same result, bit for bit, in three passes over the *stored* inputs (bfloat16 or float32),
 each pass a compiled loop (numba) over cache-sized blocks, the tensor split into contiguous ranges, one per thread:
 
@@ -302,9 +302,11 @@ def fused_ties(
 ) -> torch.Tensor:
     """:func:`.ties.ties` (or :func:`.ties.ties_sv` with ``slack``) computed in float32 by the fused kernel.
 
-    The inputs stay in their stored dtype (bfloat16 or float32; others are cast to float32 first) and are read
-    four times instead of being copied; the result is returned in ``out_dtype``, rounded once. Equal, element
-    for element, to the torch definition followed by ``.to(out_dtype)``.
+    The inputs stay in their stored dtype (bfloat16 or float32; others, or a mix, are cast to float32 first) and
+    are read three times instead of being copied; the result is returned in ``out_dtype``, rounded once. Equal,
+    element for element, to the torch definition followed by ``.to(out_dtype)``. ``parts``: how many contiguous
+    ranges the threads take (default one per numba thread); ``block``: entries per inner block. Neither changes
+    the result.
     """
     dtypes = {t.dtype for t in (base, *tensors)}
     if dtypes - {torch.float32, torch.bfloat16} or len(dtypes) > 1:
