@@ -108,8 +108,9 @@ def register(
 
     def deco(fn):
         METHODS[name] = MergeMethod(
-            name, fn, tuple(params), needs_base, min_models, max_models, uses_generator, check, elementwise, kernel
-        )
+            name, fn, tuple(params), needs_base, min_models, max_models, uses_generator, check, elementwise,
+            kernel,
+        )  # fmt: skip
         return fn
 
     return deco

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from .magnitude import _kth_largest_count
+
 __all__ = ["fused_ties"]
 
 _HIGH_BINS = 1 << 15  # top 16 bits of |τ| with the sign bit clear
@@ -270,14 +272,6 @@ def _parts(n: int) -> int:
     return max(1, min(numba.get_num_threads(), n >> 16), -(-n // (1 << 30)))
 
 
-def _kth_from_top(counts: np.ndarray, k: int) -> tuple[int, int]:
-    """For bucket counts and 1 ≤ k ≤ counts.sum(): (bucket holding the k-th largest, entries above it)."""
-    from_top = np.cumsum(counts[::-1])
-    j = int(np.searchsorted(from_top, k))
-    bucket = counts.shape[0] - 1 - j
-    return bucket, int(from_top[j] - counts[bucket])
-
-
 def _bits(x: torch.Tensor) -> np.ndarray:
     """A flat view of a bfloat16 (as uint16) or float32 (as uint32) tensor's bit patterns, sharing its memory."""
     flat = x.reshape(-1)
@@ -336,25 +330,23 @@ def fused_ties(
         else:
             search.append((q, k))
     if search:
-        high = _pass_high(models, base_np, parts, block).sum(axis=0)
-        found = {q: _kth_from_top(high[target_model[q]], k) for q, k in search}
+        high = torch.from_numpy(_pass_high(models, base_np, parts, block)).sum(dim=0)
+        found = {q: _kth_largest_count(high[target_model[q]], k) for q, k in search}
         buckets = np.array([found.get(q, (0, 0))[0] for q in range(len(fractions))], dtype=np.int64)
         wanted = np.array([target_model[q] if q in found else -1 for q in range(len(fractions))])
         low_parts = _pass_low(models, base_np, parts, block, wanted, buckets)
-        low = low_parts.sum(axis=0)
-        need_ties = []
+        low = torch.from_numpy(low_parts).sum(dim=0)
         for q, k in search:
             bucket, above = found[q]
-            low_key, above_low = _kth_from_top(low[q], k - above)
+            low_key, above_low = _kth_largest_count(low[q], k - above)
             keys[q] = (bucket << 16) | low_key
             equal, taken = int(low[q][low_key]), k - above - above_low
-            # Some of the entries tied at the threshold must be dropped (ties at 0 are moot: they add nothing).
+            # Some of the entries tied at the threshold must be dropped (ties at 0 are moot: they add nothing):
+            # the per-range low histograms count each range's tied entries, taken in range order.
             if taken < equal and keys[q] != 0:
-                need_ties.append((q, taken))
-        for q, taken in need_ties:  # the per-range low histograms count each range's tied entries
-            per_part = low_parts[:, q, keys[q] & 0xFFFF]
-            before = np.concatenate([[0], np.cumsum(per_part)[:-1]])
-            allow[:, q] = np.clip(taken - before, 0, per_part)
+                per_part = low_parts[:, q, low_key]
+                before = np.concatenate([[0], np.cumsum(per_part)[:-1]])
+                allow[:, q] = np.clip(taken - before, 0, per_part)
     out_bf16 = out_dtype == torch.bfloat16
     out = torch.empty(n, dtype=torch.uint16 if out_bf16 else torch.uint32)
     weights = np.asarray(weight, dtype=np.float64)
