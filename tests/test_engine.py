@@ -301,7 +301,7 @@ def test_mapped_input_tensors_are_copy_on_write(tiny_models):
     assert torch.equal(open_checkpoint(str(path), allow_pickle=False, path=path).read(name), before)
 
 
-@pytest.mark.parametrize("method", ["ties", "ties_sv"])
+@pytest.mark.parametrize("method", ["ties", "ties_sv", "dare_ties"])
 @pytest.mark.parametrize("dtype", [None, "bfloat16"])
 def test_kernel_merges_equal_the_torch_definition(method, dtype, tiny_models, tmp_path, monkeypatch):
     """With the size cut-off lowered, every float tensor goes through the fused kernel: same bytes as torch's."""

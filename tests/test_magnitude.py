@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from babelmerge.methods import METHODS
+from babelmerge.methods.dare import drop_keys, keep_mask
 from babelmerge.methods.magnitude import keep_top_fraction_, kth_largest_magnitude, top_fraction_mask
 
 N = 70_000  # above the quickselect cut-off
@@ -143,9 +144,11 @@ def test_dare_ties_matches_the_reference_with_the_same_masks():
     out = METHODS["dare_ties"].fn(
         models, base=base, weight=[1.0, 0.5], density=[0.4, 0.7], normalize=True, generator=gen
     )
-    gen = torch.Generator().manual_seed(7)
-    tau = torch.stack([m - base for m in models]).double()
-    dropped = torch.stack([t * (torch.rand(t.shape, generator=gen) < d) / d for t, d in zip(tau, [0.4, 0.7])])
+    keys = drop_keys(2, torch.Generator().manual_seed(7))
+    # τ_t·m_t/d_t rounded to float32 as the definition rounds it (a double quotient can flip the sign of a sum
+    # that cancels exactly); the election and disjoint mean below are then exact in float64
+    tau = [m - base for m in models]
+    dropped = torch.stack([t * keep_mask(t.shape, k, d) / d for t, k, d in zip(tau, keys, [0.4, 0.7])]).double()
     expected = _reference_ties(models, base, [1.0, 0.5], None, True, dropped=dropped)
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-6)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from babelmerge import dare_linear, dare_ties, linear, model_stock, slerp, task_arithmetic, ties, ties_sv
-from babelmerge.methods import METHODS
+from babelmerge.methods import METHODS, dare
 from babelmerge.methods.ties import top_fraction_mask
 
 T = torch.tensor
@@ -209,15 +209,59 @@ def test_dare_drops_and_rescales():
     assert abs(out.mean().item() - 1.0) < 0.05
 
 
-def test_dare_matches_an_independently_drawn_mask():
+def _py_mix32(x: int) -> int:
+    """The mask hash in plain Python integers (an independent implementation of ``dare.mix32``)."""
+    x ^= x >> 16
+    x = (x * 0x21F0AAAD) % 2**32
+    x ^= x >> 15
+    x = (x * 0x735A2D97) % 2**32
+    return x ^ (x >> 15)
+
+
+def _py_keep(i: int, key: tuple[int, int], density: float) -> bool:
+    u = _py_mix32(_py_mix32((i % 2**32) ^ key[0]) ^ (i // 2**32) ^ key[1])
+    return u < int(density * 2**32)
+
+
+def test_dare_matches_an_independently_computed_mask():
     base, a, b = torch.zeros(50), torch.randn(50), torch.randn(50)
     out = dare_linear(
         [a, b], base=base, weight=[1, 1], density=[0.5, 0.25], generator=torch.Generator().manual_seed(9)
     )
-    g = torch.Generator().manual_seed(9)
-    mask_a = torch.rand(50, generator=g) < 0.5
-    mask_b = torch.rand(50, generator=g) < 0.25
-    assert torch.allclose(out, a * mask_a / 0.5 + b * mask_b / 0.25)
+    # the keys: two 32-bit integers per model, drawn from the seeded generator before any mask
+    (ka, kb) = torch.randint(0, 2**32, (2, 2), generator=torch.Generator().manual_seed(9)).tolist()
+    mask_a = torch.tensor([_py_keep(i, ka, 0.5) for i in range(50)])
+    mask_b = torch.tensor([_py_keep(i, kb, 0.25) for i in range(50)])
+    assert 10 < int(mask_a.sum()) < 40 and 2 < int(mask_b.sum()) < 25
+    assert torch.equal(out, a * mask_a / 0.5 + b * mask_b / 0.25)
+
+
+def test_dare_mask_beyond_two_to_the_32_entries():
+    # the high word of the flat index enters the hash: entries 2^32 + i are not a copy of entries i
+    key = (12345, 678)
+    i = torch.tensor([0, 1, 2, 3, 2**32, 2**32 + 1, 2**32 + 5, 3 * 2**32 + 7], dtype=torch.int64)
+    u = dare.mix32(dare.mix32((i & 0xFFFFFFFF) ^ key[0]) ^ (i >> 32) ^ key[1])
+    expected = [_py_mix32(_py_mix32((int(j) % 2**32) ^ key[0]) ^ (int(j) >> 32) ^ key[1]) for j in i]
+    assert u.tolist() == expected
+    assert len(set(expected)) == len(expected)
+
+
+def test_dare_masks_are_bernoulli():
+    n, d = 1 << 20, 0.3
+    keys = dare.drop_keys(2, torch.Generator().manual_seed(4))
+    m0 = dare.keep_mask(torch.Size([n]), keys[0], d)
+    m1 = dare.keep_mask(torch.Size([n]), keys[1], d)
+    sd = (d * (1 - d) / n) ** 0.5
+    assert abs(m0.float().mean().item() - d) < 5 * sd
+    # no correlation between neighbours, between models, or with a row of 4096 entries
+    assert abs((m0[1:] & m0[:-1]).float().mean().item() - d * d) < 5 * sd
+    assert abs((m0 & m1).float().mean().item() - d * d) < 5 * sd
+    rows = m0.view(-1, 4096).float().mean(dim=1)
+    row_sd = (d * (1 - d) / 4096) ** 0.5
+    assert abs(rows.std().item() - row_sd) < 0.15 * row_sd
+    assert torch.equal(dare.keep_mask(torch.Size([64, 8]), keys[0], 1.0), torch.ones(64, 8, dtype=torch.bool))
+    # a mask is a function of the flat index only: the first entries of a longer mask are the shorter one
+    assert torch.equal(dare.keep_mask(torch.Size([1000]), keys[0], d), m0[:1000])
 
 
 def test_dare_is_deterministic_under_a_seed():

@@ -1,4 +1,5 @@
-"""The fused TIES / TIES-SV kernel gives exactly the numbers of the torch definitions in ``methods/ties.py``.
+"""The fused TIES / TIES-SV / DARE-TIES kernel gives exactly the numbers of the torch definitions in
+``methods/ties.py`` and ``methods/dare.py``.
 
 Inputs are built from bf16 values so that many task-vector magnitudes tie at the trim threshold, as in real
 merges; small blocks and several thread ranges make ties straddle block and range boundaries.
@@ -7,11 +8,11 @@ merges; small blocks and several thread ranges make ties straddle block and rang
 import pytest
 import torch
 
-from babelmerge.methods import METHODS
+from babelmerge.methods import METHODS, dare
 from babelmerge.methods.ties import fused, ties, ties_sv
 
 pytest.importorskip("numba")
-from babelmerge.methods.ties_kernel import fused_ties  # noqa: E402
+from babelmerge.methods.ties_kernel import fused_dare_ties, fused_ties  # noqa: E402
 
 N = 70_001  # odd: ranges and blocks do not divide it
 
@@ -107,4 +108,51 @@ def test_fused_closed_form():
 def test_registered_as_the_ties_kernels():
     assert METHODS["ties"].kernel is fused
     assert METHODS["ties_sv"].kernel is fused
-    assert METHODS["dare_ties"].kernel is None
+    assert METHODS["dare_ties"].kernel is dare.fused
+    assert METHODS["dare_linear"].kernel is None
+
+
+DARE_CASES = [
+    # (n_models, weight, density, lambda, normalize, rescale)
+    (2, [1.0, 1.0], [0.5, 0.5], 1.0, False, True),
+    (2, [0.7, -0.3], [0.3, 0.9], 0.5, True, True),
+    (3, [1.0, 2.0, 0.5], [0.2, 1.0, 0.6], 1.3, False, False),
+    (2, [1.0, 1.0], [1.0, 1.0], 1.0, True, True),  # density 1: TIES' election without trim
+]
+
+
+@pytest.mark.parametrize("case", DARE_CASES)
+@pytest.mark.parametrize("kind", ["ties", "normal"])
+@pytest.mark.parametrize(
+    ("in_dtype", "out_dtype"), [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]
+)
+def test_dare_ties_kernel_equals_torch_definition(case, kind, in_dtype, out_dtype):
+    n_models, weight, density, lam, normalize, rescale = case
+    base, models = _inputs(n_models, in_dtype, kind, seed=3)
+    kw = dict(weight=weight, density=density, lambda_=lam, normalize=normalize, rescale=rescale)
+    expected = dare.dare_ties(
+        [m.float() for m in models], base=base.float(), generator=torch.Generator().manual_seed(11), **kw
+    ).to(out_dtype)
+    got = fused_dare_ties(
+        models, base=base, generator=torch.Generator().manual_seed(11), out_dtype=out_dtype, **kw
+    )
+    assert got.dtype == out_dtype and torch.equal(got, expected)
+    if min(density) < 1.0:  # another seed, other masks
+        other = fused_dare_ties(
+            models, base=base, generator=torch.Generator().manual_seed(12), out_dtype=out_dtype, **kw
+        )
+        assert not torch.equal(other, got)
+
+
+@pytest.mark.parametrize(("parts", "block"), [(1, 64), (3, 1000), (16, 4096)])
+def test_dare_masks_do_not_depend_on_the_split(parts, block):
+    base, models = _inputs(2, torch.bfloat16, "normal", seed=5)
+    kw = dict(weight=[1.0, 0.8], density=[0.35, 0.6], out_dtype=torch.bfloat16)
+    reference = fused_dare_ties(models, base=base, generator=torch.Generator().manual_seed(1), **kw)
+    got = fused_dare_ties(
+        models, base=base, generator=torch.Generator().manual_seed(1), parts=parts, block=block, **kw
+    )
+    assert torch.equal(got, reference)
+    # λ = 0 gives the base whatever the masks
+    zero = fused_dare_ties(models, base=base, lambda_=0.0, generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.equal(zero, base)

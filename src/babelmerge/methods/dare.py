@@ -13,21 +13,64 @@ from .ties import ties_combine
 RESCALE = Param("rescale", True, kind=bool, doc="divide kept entries by density (the paper's rescaling)")
 
 
+# The drop masks come from a counter-based generator: entry i of model t is kept when a hash of (i, key_t) falls
+# below d_t·2^32. Every entry's draw is independent of every other's, so any block, thread or device can compute
+# any part of a mask (the compiled kernel in :mod:`.ties_kernel` computes the same hash) and the result does not
+# depend on how the work is split. The keys are the only numbers drawn from the seeded generator.
+_M32 = 0xFFFFFFFF
+_MIX = (0x21F0AAAD, 0x735A2D97)  # multipliers of a 32-bit integer hash (C. Wellons' hash-prospector), < 2^31
+_CHUNK = 1 << 20  # entries hashed at a time (bounds the int64 temporaries to 8 MB each)
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit hash of int64 values in [0, 2^32): xor-shift 16, ×c₁, xor-shift 15, ×c₂, xor-shift 15 (mod
+    2^32). Each product is below 2^63, so int64 arithmetic is exact on every device."""
+    x = x ^ (x >> 16)
+    x = (x * _MIX[0]) & _M32
+    x = x ^ (x >> 15)
+    x = (x * _MIX[1]) & _M32
+    return x ^ (x >> 15)
+
+
+def drop_keys(n_models: int, generator: torch.Generator | None) -> list[tuple[int, int]]:
+    """The two 32-bit keys (k₀, k₁) of each model's mask, drawn from ``generator`` (on the CPU)."""
+    keys = torch.randint(0, 1 << 32, (n_models, 2), generator=generator, dtype=torch.int64)
+    return [(int(a), int(b)) for a, b in keys.tolist()]
+
+
+def keep_threshold(density: float) -> int:
+    """⌊d·2^32⌋: an entry is kept when its 32-bit draw is below it (probability d; d = 1 keeps all)."""
+    return int(density * (1 << 32))
+
+
+def keep_mask(shape: torch.Size, key: tuple[int, int], density: float, device: torch.device | str = "cpu"):
+    """m ~ Bernoulli(d) per entry, as a boolean tensor: m_i = [u_i < ⌊d·2^32⌋], u_i = mix32(mix32(i mod 2^32 ⊕ k₀)
+    ⊕ ⌊i / 2^32⌋ ⊕ k₁) for the flat (row-major) index i."""
+    n = shape.numel()
+    mask = torch.empty(n, dtype=torch.bool, device=device)
+    k0, k1 = key
+    threshold = keep_threshold(density)
+    for start in range(0, n, _CHUNK):
+        i = torch.arange(start, min(n, start + _CHUNK), dtype=torch.int64, device=device)
+        u = mix32(mix32((i & _M32) ^ k0) ^ (i >> 32) ^ k1)
+        mask[start : start + i.numel()] = u < threshold
+    return mask.view(shape)
+
+
 def dare_drop(
     tau: list[torch.Tensor], density: Sequence[float], generator: torch.Generator | None, rescale: bool = True
 ) -> list[torch.Tensor]:
-    """Keep each entry of τ_t with probability d_t (Bernoulli mask m_t), then divide by d_t: m_t ⊙ τ_t / d_t.
+    """Keep each entry of τ_t with probability d_t (mask m_t from :func:`keep_mask`), then divide by d_t: m_t ⊙ τ_t / d_t.
 
-    Works in place on the task vectors ``tau`` and returns them.
-
-    The masks are drawn on the CPU from ``generator``, one model after the other, so the same seed gives
-    bit-identical results on any device. Density 1 keeps everything untouched.
+    Works in place on the task vectors ``tau`` and returns them. One key pair per model is drawn from
+    ``generator`` (all models' keys, before any mask), so the same seed gives bit-identical results on any
+    device. Density 1 keeps everything untouched.
     """
-    for t, d in zip(tau, density):
+    keys = drop_keys(len(tau), generator)
+    for t, d, key in zip(tau, density, keys):
         if d >= 1.0:
             continue
-        keep = torch.rand(t.shape, generator=generator, dtype=torch.float32) < d
-        t.mul_(keep.to(t.device))
+        t.masked_fill_(~keep_mask(t.shape, key, d, t.device), 0.0)
         if rescale:
             t.div_(d)
     return tau
@@ -58,11 +101,19 @@ def dare_linear(
     return combine_sum(base, tau, weight, lambda_, normalize)
 
 
+def fused(tensors: Sequence[torch.Tensor], **kwargs) -> torch.Tensor:
+    """The compiled CPU kernel of ``dare_ties`` (:func:`.ties_kernel.fused_dare_ties`), imported on first use."""
+    from .ties_kernel import fused_dare_ties
+
+    return fused_dare_ties(tensors, **kwargs)
+
+
 @register(
     "dare_ties",
     params=[WEIGHT, DENSITY, LAMBDA, normalize_param(False), RESCALE],
     needs_base=True,
     uses_generator=True,
+    kernel=fused,
 )
 def dare_ties(
     tensors: Sequence[torch.Tensor],

@@ -36,9 +36,10 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from .dare import drop_keys, keep_threshold
 from .magnitude import _kth_largest_count
 
-__all__ = ["fused_ties"]
+__all__ = ["fused_ties", "fused_dare_ties"]
 
 _HIGH_BINS = 1 << 15  # top 16 bits of |τ| with the sign bit clear
 _LOW_BINS = 1 << 16
@@ -51,12 +52,13 @@ _ABS = np.uint32(0x7FFFFFFF)
 @njit(cache=True, error_model="numpy", inline="always")
 def _load(src, start, count, out_bits):
     """Stored values src[start:start+count] (bfloat16 or float32 bit patterns) as float32 bit patterns."""
+    blk = src[start : start + count]  # a slice, not src[start + j]: numba then knows the index is in range
     if src.itemsize == 2:  # bfloat16 is the top half of a float32 (resolved at compile time)
         for j in range(count):
-            out_bits[j] = np.uint32(np.uint16(src[start + j])) << np.uint32(16)
+            out_bits[j] = np.uint32(blk[j]) << np.uint32(16)
     else:
         for j in range(count):
-            out_bits[j] = np.uint32(src[start + j])
+            out_bits[j] = np.uint32(blk[j])
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -160,10 +162,50 @@ def _trim_weigh(tau_f, mag, e, key, allowed, w, out):
     return allowed
 
 
+_U32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mix32_(u, e):
+    """:func:`.dare.mix32` of u[:e] in place (uint32: products wrap mod 2^32). One step per loop: written as
+    one expression per entry, numba widens the products to 64 bits and the loop does not vectorise."""
+    for j in range(e):
+        u[j] ^= u[j] >> np.uint32(16)
+    for j in range(e):
+        u[j] *= np.uint32(0x21F0AAAD)
+    for j in range(e):
+        u[j] ^= u[j] >> np.uint32(15)
+    for j in range(e):
+        u[j] *= np.uint32(0x735A2D97)
+    for j in range(e):
+        u[j] ^= u[j] >> np.uint32(15)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _drop_weigh(tau_f, start, e, drop, scale, w, u, out):
+    """out[:e] = (τ / scale)·w where DARE keeps entry start + j (:func:`.dare.keep_mask`, keys and threshold in
+    ``drop`` = (k₀, k₁, ⌊d·2^32⌋)), 0 elsewhere. ``u``: uint32 scratch."""
+    zero = np.float32(0.0)
+    k0, k1, threshold = np.uint32(drop[0]), np.uint32(drop[1]), drop[2]
+    for j in range(e):
+        u[j] = np.uint32((start + j) & 0xFFFFFFFF) ^ k0
+    _mix32_(u, e)
+    for j in range(e):
+        u[j] ^= np.uint32((start + j) >> 32) ^ k1
+    _mix32_(u, e)
+    if threshold > _U32:  # density 1: every entry kept
+        for j in range(e):
+            out[j] = (tau_f[j] / scale) * w
+    else:
+        t32 = np.uint32(threshold)
+        for j in range(e):
+            out[j] = (tau_f[j] / scale) * w if u[j] < t32 else zero
+
+
 @njit(cache=True, error_model="numpy")
 def _combine_range(
-    models, base, out, lo, hi, block, keep_key, keep_left, protect_key, protect_left, weight, lambda_,
-    normalize, use_slack,
+    models, base, out, lo, hi, block, keep_key, keep_left, protect_key, protect_left, drop, scale, weight,
+    lambda_, normalize, use_slack, use_drop,
 ):  # fmt: skip
     """The merged values on [lo, hi) into ``out`` (see :func:`_pass_combine`); consumes keep_left/protect_left."""
     n_models = len(models)
@@ -183,6 +225,7 @@ def _combine_range(
     pos_w = np.empty(block, dtype=np.float32)
     neg_w = np.empty(block, dtype=np.float32)
     result = np.empty(block, dtype=np.uint32)
+    bits = np.empty(block, dtype=np.uint32)  # DARE's hashes
     tau_f = tau.view(np.float32)
     res = result.view(np.float32)
     for s in range(lo, hi, block):
@@ -197,10 +240,14 @@ def _combine_range(
             prot_count[j] = 0
         for t in range(n_models):
             _task_vector(models[t], base_f, s, e, tau)
-            for j in range(e):
-                mag[j] = tau[j] & _ABS
+            if not use_drop:
+                for j in range(e):
+                    mag[j] = tau[j] & _ABS
             w = np.float32(weight[t])
-            keep_left[t] = _trim_weigh(tau_f, mag, e, keep_key[t], keep_left[t], w, v)
+            if use_drop:
+                _drop_weigh(tau_f, s, e, drop[t], np.float32(scale[t]), w, bits, v)
+            else:
+                keep_left[t] = _trim_weigh(tau_f, mag, e, keep_key[t], keep_left[t], w, v)
             if t == 0:
                 for j in range(e):
                     total[j] = v[j]
@@ -217,11 +264,15 @@ def _combine_range(
                         prot_total[j] = prot_total[j] + pv[j]
                 for j in range(e):
                     prot_count[j] += pv[j] != zero
+            # Two loops of two sums each: one loop writing all four does not vectorise (too many arrays that
+            # might overlap for LLVM's runtime checks).
             for j in range(e):
                 x = v[j]
                 pos_sum[j] = pos_sum[j] + (x if x > zero else zero)
-                neg_sum[j] = neg_sum[j] + (x if x < zero else zero)
                 pos_w[j] = pos_w[j] + (w if x > zero else zero)
+            for j in range(e):
+                x = v[j]
+                neg_sum[j] = neg_sum[j] + (x if x < zero else zero)
                 neg_w[j] = neg_w[j] + (w if x < zero else zero)
         if use_slack:  # the election among the protected values wherever there are some
             for j in range(e):
@@ -236,32 +287,34 @@ def _combine_range(
         else:
             for j in range(e):
                 res[j] = (pos_sum[j] if total[j] >= zero else neg_sum[j]) + base_f[j]
+        dst = out[s : s + e]
         if out.itemsize == 2:  # bfloat16: round to nearest even, as torch's float32 → bfloat16 cast
             for j in range(e):
                 b = result[j]
-                out[s + j] = (b + np.uint32(0x7FFF) + ((b >> 16) & np.uint32(1))) >> 16
+                dst[j] = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
         else:
             for j in range(e):
-                out[s + j] = result[j]
+                dst[j] = result[j]
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _pass_combine(
-    models, base, out, parts, block, keep_key, keep_ties, protect_key, protect_ties, weight, lambda_,
-    normalize, use_slack,
+    models, base, out, parts, block, keep_key, keep_ties, protect_key, protect_ties, drop, scale, weight,
+    lambda_, normalize, use_slack, use_drop,
 ):  # fmt: skip
     """θ_base + λ · disjoint mean of the trimmed, weighted task vectors under the elected sign, into ``out``.
 
     keep_key[t] / protect_key[t]: the |τ_t| bit pattern of the density / slack threshold (entries above it
     are kept / protected; 0xFFFFFFFF: none). keep_ties[p, t] / protect_ties[p, t]: how many of the entries
     equal to that threshold thread range p takes, the first ones in index order (-1: all of them). ``out``
-    holds bfloat16 (2-byte) or float32 (4-byte) bit patterns.
+    holds bfloat16 (2-byte) or float32 (4-byte) bit patterns. With ``use_drop`` (DARE-TIES) the trim is
+    replaced by DARE's drop: drop[t] = (k₀, k₁, ⌊d_t·2^32⌋) and the divisor scale[t] = d_t (or 1) per model.
     """
     for p in prange(parts):
         lo, hi = _bounds(base.shape[0], parts, p)
         _combine_range(
             models, base, out, lo, hi, block, keep_key, keep_ties[p].copy(), protect_key,
-            protect_ties[p].copy(), weight, lambda_, normalize, use_slack,
+            protect_ties[p].copy(), drop, scale, weight, lambda_, normalize, use_slack, use_drop,
         )  # fmt: skip
 
 
@@ -302,13 +355,7 @@ def fused_ties(
     ranges the threads take (default one per numba thread); ``block``: entries per inner block. Neither changes
     the result.
     """
-    dtypes = {t.dtype for t in (base, *tensors)}
-    if dtypes - {torch.float32, torch.bfloat16} or len(dtypes) > 1:
-        base, tensors = base.float(), [t.float() for t in tensors]
-    base = base.contiguous()
-    tensors = [t.contiguous() for t in tensors]
-    base_np = _bits(base)
-    models = tuple(_bits(t) for t in tensors)
+    base_np, models = _inputs(base, tensors)
     n = base_np.shape[0]
     n_models = len(models)
     parts = parts or _parts(n)
@@ -347,13 +394,68 @@ def fused_ties(
                 per_part = low_parts[:, q, low_key]
                 before = np.concatenate([[0], np.cumsum(per_part)[:-1]])
                 allow[:, q] = np.clip(taken - before, 0, per_part)
-    out_bf16 = out_dtype == torch.bfloat16
-    out = torch.empty(n, dtype=torch.uint16 if out_bf16 else torch.uint32)
-    weights = np.asarray(weight, dtype=np.float64)
-    _pass_combine(
-        models, base_np, out.numpy(), parts, block,
-        keys[:n_models], allow[:, :n_models], keys[n_models:] if use_slack else keys[:n_models],
-        allow[:, n_models:] if use_slack else allow[:, :n_models], weights, float(lambda_), normalize, use_slack,
+    return _combine(
+        models, base_np, tensors[0].shape, out_dtype, parts, block, keys[:n_models], allow[:, :n_models],
+        keys[n_models:] if use_slack else keys[:n_models], allow[:, n_models:] if use_slack else allow[:, :n_models],
+        None, None, weight, lambda_, normalize, use_slack,
     )  # fmt: skip
-    result = out.view(torch.bfloat16 if out_bf16 else torch.float32).view(tensors[0].shape)
+
+
+def fused_dare_ties(
+    tensors: Sequence[torch.Tensor],
+    *,
+    base: torch.Tensor,
+    weight: Sequence[float],
+    density: Sequence[float],
+    lambda_: float = 1.0,
+    normalize: bool = False,
+    rescale: bool = True,
+    generator: torch.Generator | None = None,
+    out_dtype: torch.dtype = torch.float32,
+    parts: int | None = None,
+    block: int = 1024,
+) -> torch.Tensor:
+    """:func:`.dare.dare_ties` computed in float32 in one pass: the drop masks are hashed per block (the keys
+    drawn from ``generator`` exactly as :func:`.dare.dare_drop` draws them), then TIES' election and disjoint
+    sum. Equal, element for element, to the torch definition followed by ``.to(out_dtype)``."""
+    base_np, models = _inputs(base, tensors)
+    n_models = len(models)
+    drop = np.empty((n_models, 3), dtype=np.uint64)
+    scale = np.ones(n_models, dtype=np.float64)
+    for t, (d, key) in enumerate(zip(density, drop_keys(n_models, generator))):
+        drop[t] = (*key, keep_threshold(min(d, 1.0)))
+        if rescale and d < 1.0:
+            scale[t] = d
+    none = np.zeros(n_models, dtype=np.uint32)
+    allow = np.zeros((parts or _parts(base_np.shape[0]), n_models), dtype=np.int64)
+    return _combine(
+        models, base_np, tensors[0].shape, out_dtype, allow.shape[0], block, none, allow, none, allow, drop, scale,
+        weight, lambda_, normalize, False,
+    )  # fmt: skip
+
+
+def _inputs(base: torch.Tensor, tensors: Sequence[torch.Tensor]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Flat bit-pattern views of the base and the models (bfloat16 or float32; others, or a mix, cast to float32)."""
+    dtypes = {t.dtype for t in (base, *tensors)}
+    if dtypes - {torch.float32, torch.bfloat16} or len(dtypes) > 1:
+        base, tensors = base.float(), [t.float() for t in tensors]
+    return _bits(base.contiguous()), tuple(_bits(t.contiguous()) for t in tensors)
+
+
+def _combine(
+    models, base_np, shape, out_dtype, parts, block, keep_key, keep_ties, protect_key, protect_ties, drop, scale,
+    weight, lambda_, normalize, use_slack,
+) -> torch.Tensor:  # fmt: skip
+    """Run :func:`_pass_combine` into a new tensor of ``shape`` in ``out_dtype`` (DARE when ``drop`` is given)."""
+    n_models = len(models)
+    use_drop = drop is not None
+    if not use_drop:
+        drop, scale = np.zeros((n_models, 3), dtype=np.uint64), np.ones(n_models, dtype=np.float64)
+    out_bf16 = out_dtype == torch.bfloat16
+    out = torch.empty(base_np.shape[0], dtype=torch.uint16 if out_bf16 else torch.uint32)
+    _pass_combine(
+        models, base_np, out.numpy(), parts, block, keep_key, keep_ties, protect_key, protect_ties, drop, scale,
+        np.asarray(weight, dtype=np.float64), float(lambda_), normalize, use_slack, use_drop,
+    )  # fmt: skip
+    result = out.view(torch.bfloat16 if out_bf16 else torch.float32).view(shape)
     return result if out_dtype in (torch.bfloat16, torch.float32) else result.to(out_dtype)
