@@ -148,7 +148,9 @@ def test_dare_ties_matches_the_reference_with_the_same_masks():
     # τ_t·m_t/d_t rounded to float32 as the definition rounds it (a double quotient can flip the sign of a sum
     # that cancels exactly); the election and disjoint mean below are then exact in float64
     tau = [m - base for m in models]
-    dropped = torch.stack([t * keep_mask(t.shape, k, d) / d for t, k, d in zip(tau, keys, [0.4, 0.7])]).double()
+    dropped = torch.stack(
+        [t * keep_mask(t.shape, k, d) / d for t, k, d in zip(tau, keys, [0.4, 0.7])]
+    ).double()
     expected = _reference_ties(models, base, [1.0, 0.5], None, True, dropped=dropped)
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-6)
 
