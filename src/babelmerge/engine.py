@@ -17,11 +17,13 @@ import importlib.util
 import json
 import os
 import shutil
+import threading
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +228,41 @@ def _use_kernel(plan: MergePlan) -> bool:
     )
 
 
+def _warm_kernel(plan: MergePlan) -> threading.Thread | None:
+    """Load the method's kernel in a background thread, on tiny inputs of the dtypes its first large tensor has.
+
+    Importing numba and loading the compiled code from its cache takes about 0.8 s (a first-ever compile, ~20 s);
+    started before the first tensor is read, it overlaps the reads instead of delaying the first kernel call,
+    which then finds it loaded. Returns the thread, or None when no tensor will use a kernel; the caller joins it
+    before its own first kernel call (kernel calls from two threads at once are not safe with every numba
+    threading layer).
+    """
+    if not _use_kernel(plan):
+        return None
+    first = next(
+        (t for t in plan.outputs if t.name in plan.params and prod(t.shape) >= KERNEL_MIN_NUMEL), None
+    )
+    if first is None:
+        return None
+
+    def warm() -> None:
+        def tiny(ck: Checkpoint) -> torch.Tensor:
+            return torch.zeros(16, dtype=ck.dtype(first.name))
+
+        kwargs = dict(plan.params[first.name])
+        if plan.method.uses_generator:
+            kwargs["generator"] = torch.Generator().manual_seed(0)
+        base = tiny(plan.base) if plan.method.needs_base else None
+        try:
+            plan.method.kernel([tiny(ck) for ck in plan.models], base=base, out_dtype=first.dtype, **kwargs)
+        except Exception:  # noqa: BLE001 - only a head start: the real call reports any error itself
+            pass
+
+    thread = threading.Thread(target=warm, name="babelmerge-kernel-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def _read_uncast(plan: MergePlan) -> bool:
     """Whether reader threads hand over tensors in their stored dtype (the merge step casts what it needs)."""
     return _blockwise(plan) or _use_kernel(plan)
@@ -341,6 +378,7 @@ def execute_plan(
     cast = (None, None) if _read_uncast(plan) else (plan.device, plan.compute_dtype)
     writers: list[StreamingWriter] = []
     output = _OrderedWriter(depth=prefetch)
+    warm_up = _warm_kernel(plan)
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="babelmerge-read") as pool:
             upcoming = iter(names)
@@ -361,6 +399,9 @@ def execute_plan(
                         name, futures = pending.popleft()
                         submit_next()
                         inputs = {ck.ref: f.result() for ck, f in zip(checkpoints, futures)}
+                        if warm_up is not None and prod(planned.shape) >= KERNEL_MIN_NUMEL:
+                            warm_up.join()
+                            warm_up = None
                         merged = merge_tensor(plan, name, inputs, planned.dtype)
                         del inputs
                         output.submit(writer.write, name, merged)

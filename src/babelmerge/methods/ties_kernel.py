@@ -118,10 +118,9 @@ def _low_range(models, base, lo, hi, block, target_model, target_bucket, hist):
                     continue
                 bucket = np.uint32(target_bucket[q])
                 h = hist[q]
-                for j in range(e):
+                for j in range(e):  # branch-free: an entry outside the bucket adds 0 (a branch mispredicts)
                     a = tau[j] & _ABS
-                    if (a >> 16) == bucket:
-                        h[a & 0xFFFF] += 1
+                    h[a & 0xFFFF] += np.int32((a >> 16) == bucket)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -144,10 +143,10 @@ def _trim_weigh(tau_f, mag, e, key, allowed, w, out):
     """
     zero = np.float32(0.0)
     if allowed != 0:
-        tied = 0
+        tied = np.int32(0)  # 32-bit count: the loop vectorises twice as wide as with int64
         if allowed > 0:
             for j in range(e):
-                tied += mag[j] == key
+                tied += np.int32(mag[j] == key)
         if allowed < 0 or tied <= allowed:
             for j in range(e):
                 out[j] = tau_f[j] * w if mag[j] >= key else zero
@@ -398,7 +397,8 @@ def fused_ties(
             if taken < equal and keys[q] != 0:
                 per_part = low_parts[:, q, low_key]
                 before = np.concatenate([[0], np.cumsum(per_part)[:-1]])
-                allow[:, q] = np.clip(taken - before, 0, per_part)
+                share = np.clip(taken - before, 0, per_part)
+                allow[:, q] = np.where(share == per_part, -1, share)  # −1: all of the range's tied entries
     return _combine(
         models, base_np, tensors[0].shape, out_dtype, parts, block, keys[:n_models], allow[:, :n_models],
         keys[n_models:] if use_slack else keys[:n_models], allow[:, n_models:] if use_slack else allow[:, :n_models],
