@@ -533,6 +533,24 @@ def main(argv: list[str] | None = None) -> int:
             cold[method] = wall + timed_sync()
             shutil.rmtree(out, ignore_errors=True)
         print(f"babelmerge {method} with an empty kernel cache (compiles): {cold[method]:.1f}s", flush=True)
+    # Fill each babelmerge copy's own kernel cache (untimed; on a fresh machine it is empty): one small merge per
+    # kernel method, so that no timed run below includes a compilation.
+    warm_cfg = cfg_dir / "warm-up.yaml"
+    warm_models = make_models(work / "models", "small") if kernel_methods else {}
+    for tool in [t for t in tools if t.slug.startswith("babelmerge") and t.slug != "babelmerge-torch"]:
+        for method in kernel_methods:
+            warm_cfg.write_text(
+                yaml.safe_dump({**merge_config(method, warm_models), **(
+                    {"compute_dtype": "bfloat16"} if tool.bf16_compute else {})}, sort_keys=False)
+            )  # fmt: skip
+            out = out_dir / "warm-up"
+            env = {**os.environ, **dict(tool.env)}
+            if tool.pythonpath is not None:
+                env["PYTHONPATH"] = str(tool.pythonpath)
+            cmd = tool_command(tool, warm_cfg, out, args.mergekit_venv)
+            if run_measured(cmd, log_dir / f"warm-up-{tool.slug}-{method}.log", env)[3] != 0:
+                raise SystemExit(f"warm-up merge failed: see {log_dir / f'warm-up-{tool.slug}-{method}.log'}")
+            shutil.rmtree(out, ignore_errors=True)
 
     runs: list[Run] = []
     for rep in range(1, args.repeats + 1):

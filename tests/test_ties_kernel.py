@@ -12,6 +12,7 @@ from babelmerge.methods import METHODS, dare
 from babelmerge.methods.ties import fused, ties, ties_sv
 
 pytest.importorskip("numba")
+from babelmerge.methods import ties_kernel  # noqa: E402
 from babelmerge.methods.ties_kernel import fused_dare_ties, fused_ties  # noqa: E402
 
 N = 70_001  # odd: ranges and blocks do not divide it
@@ -60,9 +61,45 @@ def test_fused_equals_torch_definition(case, kind, in_dtype, out_dtype):
     base, models = _inputs(n_models, in_dtype, kind)
     kw = dict(weight=weight, density=density, lambda_=lam, normalize=normalize)
     expected = _reference(models, base, out_dtype, slack, **kw)
-    got = fused_ties(models, base=base, slack=slack, out_dtype=out_dtype, **kw)
-    assert got.dtype == out_dtype and got.shape == base.shape
-    assert torch.equal(got, expected)
+    for window in (False, True):  # thresholds from two full passes, or one pass with windows from a sample
+        got = fused_ties(models, base=base, slack=slack, out_dtype=out_dtype, window=window, **kw)
+        assert got.dtype == out_dtype and got.shape == base.shape
+        assert torch.equal(got, expected), f"window={window}"
+
+
+def _count_second_passes(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    second = ties_kernel._pass_low
+    monkeypatch.setattr(ties_kernel, "_pass_low", lambda *a: calls.append(1) or second(*a))
+    return calls
+
+
+@pytest.mark.parametrize("in_dtype", [torch.bfloat16, torch.float32])
+def test_sampled_windows_find_the_thresholds_in_one_pass(monkeypatch, in_dtype):
+    """A large tensor (2^20 entries: windows on by default) of normal task vectors: the sample's windows hold
+    every threshold (TIES-SV: the slack's too), so no second pass is needed, and the result is the definition's."""
+    calls = _count_second_passes(monkeypatch)
+    base, models = _inputs(2, in_dtype, "normal", n=1 << 20, seed=3)
+    kw = dict(weight=[1.0, 0.6], density=[0.5, 0.2], lambda_=1.0, normalize=True)
+    for slack in (None, [0.05, 0.1]):
+        expected = _reference(models, base, in_dtype, slack, **kw)
+        assert torch.equal(fused_ties(models, base=base, slack=slack, out_dtype=in_dtype, **kw), expected)
+    assert calls == []
+
+
+def test_misleading_sample_falls_back_to_the_second_pass(monkeypatch):
+    """A sample whose magnitudes are 4x the tensor's puts every window in the wrong buckets: the second pass
+    then finds the thresholds, and the result is still the definition's."""
+    calls = _count_second_passes(monkeypatch)
+    base, models = _inputs(2, torch.bfloat16, "normal", n=1 << 20, seed=4)
+    scaled = [(base.float() + 4 * (m.float() - base.float())).bfloat16() for m in models]
+    sample = ties_kernel._sample_high
+    fake = ties_kernel._inputs(base, scaled)
+    monkeypatch.setattr(ties_kernel, "_sample_high", lambda _models, _base, *a: sample(fake[1], fake[0], *a))
+    kw = dict(weight=[1.0, 0.6], density=[0.5, 0.2], lambda_=1.0, normalize=True)
+    expected = _reference(models, base, torch.bfloat16, **kw)
+    assert torch.equal(fused_ties(models, base=base, out_dtype=torch.bfloat16, **kw), expected)
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("parts", [1, 2, 5, 16])

@@ -1,9 +1,11 @@
-"""TIES and TIES-SV as a fused, multi-threaded CPU kernel: the numbers of :mod:`.ties`, a fraction of the passes.
+"""TIES, TIES-SV and DARE-TIES as a fused, multi-threaded CPU kernel: the numbers of :mod:`.ties` and :mod:`.dare`,
+a fraction of the passes.
 
 :func:`.ties.ties` is the definition: a dozen whole-tensor torch operations, each streaming float32 copies of
 the task vectors through memory (about 20 ns per task-vector entry in the 0.5B benchmark on 2 cores). This
-module computes the same result, bit for bit, in three passes over the *stored* inputs (bfloat16 or float32),
-each pass a compiled loop (numba) over cache-sized blocks, the tensor split into contiguous ranges, one per thread:
+module computes the same result, bit for bit, in two or three passes over the *stored* inputs (bfloat16 or
+float32), each pass a compiled loop (numba) over cache-sized blocks, the tensor split into contiguous ranges, one
+per thread:
 
 1. τ_t = f32(θ_t) − f32(θ_base) and a histogram of the top 16 bits of |τ_t| per model. For non-negative IEEE
    floats the bit patterns, read as integers, order exactly like the values, so the histogram locates the
@@ -13,8 +15,15 @@ each pass a compiled loop (numba) over cache-sized blocks, the tensor split into
    k-th largest value, and how many entries equal to it each range holds. When more entries tie at the
    threshold than may be kept, the first k − (entries above) of them in flat-index order are kept, as in
    :func:`.magnitude.top_fraction_mask`; the per-range counts say how many of them each range takes.
+   For tensors of 2^20 entries or more this pass is usually folded into the first: a sample of 64K entries
+   says which few buckets hold the k-th largest value (± 6 standard deviations of its rank), and the first
+   pass counts the low bits of the entries in those buckets too. Only when the threshold falls outside them
+   does this second pass run (:func:`_choose_windows`; tested with a misleading sample).
 3. Per block: the trim, weights, sign election (among protected entries for TIES-SV), disjoint mean, λ and the
    base, rounded once to the output dtype (round-to-nearest-even, as torch's cast).
+
+DARE-TIES needs no thresholds: one pass in which each block's drop masks are hashed (:func:`.dare.keep_mask`'s
+counter-based hash), then the election and sum of step 3.
 
 τ_t is recomputed in every pass instead of being stored: one subtraction is cheaper than writing and re-reading
 4 bytes per entry per model. Every float operation is the one the torch definition performs, in the same order
@@ -29,6 +38,7 @@ definition instead.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numba
@@ -43,6 +53,10 @@ __all__ = ["fused_ties", "fused_dare_ties"]
 
 _HIGH_BINS = 1 << 15  # top 16 bits of |τ| with the sign bit clear
 _LOW_BINS = 1 << 16
+_SPARE = 64  # extra bins of the low-bits histogram that take the entries outside the bucket
+_WINDOW = 32  # most top-bits buckets a sampled window counts low bits in
+_SAMPLE_MIN = 1 << 20  # tensors with at least this many entries guess the threshold's bucket from a sample
+_SAMPLE_BLOCKS, _SAMPLE_LEN = 64, 1024  # the sample: this many runs of contiguous entries, evenly spread
 _ABS = np.uint32(0x7FFFFFFF)
 
 # Each pass is a plain compiled function over one contiguous range [lo, hi) of the flattened tensors, and a
@@ -77,8 +91,10 @@ def _bounds(n, parts, p):
 
 
 @njit(cache=True, error_model="numpy")
-def _high_range(models, base, lo, hi, block, hist):
-    """hist[t, b] += how many |τ_t| on [lo, hi) have top 16 bits b."""
+def _high_range(models, base, lo, hi, block, hist, win_model, win_first, win_span, win_row, win_hist):
+    """hist[t, b] += how many |τ_t| on [lo, hi) have top 16 bits b; and for each window q (of model
+    win_model[q]: the |τ| bit patterns win_first[q] to win_first[q] + win_span[q]) win_hist[q, r·2^16 + l] +=
+    how many have low 16 bits l and top bits b with win_row[q, b] = r (≥ 0: the buckets the window counts)."""
     base_bits = np.empty(block, dtype=np.uint32)
     tau = np.empty(block, dtype=np.uint32)
     for s in range(lo, hi, block):
@@ -88,17 +104,69 @@ def _high_range(models, base, lo, hi, block, hist):
         for t in range(len(models)):
             _task_vector(models[t], base_f, s, e, tau)
             h = hist[t]
-            for j in range(e):
-                h[(tau[j] & _ABS) >> 16] += 1
+            # The model's first window is counted in the same loop, its others after (TIES-SV: the slack's).
+            # The branch is taken by the few entries in a window: mispredicted that often.
+            first, span, w0 = np.uint32(0), np.uint32(0), -1
+            for q in range(win_model.shape[0]):
+                if win_model[q] == t:
+                    first, span, w0 = np.uint32(win_first[q]), np.uint32(win_span[q]), q
+                    break
+            if w0 < 0:
+                for j in range(e):
+                    h[(tau[j] & _ABS) >> np.uint32(16)] += 1
+            else:
+                row, wh = win_row[w0], win_hist[w0]
+                for j in range(e):
+                    a = tau[j] & _ABS
+                    h[a >> np.uint32(16)] += 1
+                    if a - first <= span:  # wraps around below the window
+                        r = row[a >> np.uint32(16)]
+                        if r >= 0:
+                            wh[(r << np.int32(16)) | np.int32(a & np.uint32(0xFFFF))] += 1
+            for q in range(w0 + 1, win_model.shape[0]):
+                if win_model[q] != t:
+                    continue
+                first, span, row, wh = (
+                    np.uint32(win_first[q]),
+                    np.uint32(win_span[q]),
+                    win_row[q],
+                    win_hist[q],
+                )
+                for j in range(e):
+                    a = tau[j] & _ABS
+                    if a - first <= span:
+                        r = row[a >> np.uint32(16)]
+                        if r >= 0:
+                            wh[(r << np.int32(16)) | np.int32(a & np.uint32(0xFFFF))] += 1
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _pass_high(models, base, parts, block):
-    """Histogram of the top 16 bits of |τ_t|, per thread range and model: (parts, T, 2^15)."""
+def _pass_high(models, base, parts, block, win_model, win_first, win_span, win_row, win_rows):
+    """Histograms of the top 16 bits of |τ_t|, per thread range and model: (parts, T, 2^15); and of the low 16
+    bits inside each window's buckets, per thread range: (parts, Q, _WINDOW·2^16), window q's rows past
+    win_rows[q] left unset."""
     hist = np.zeros((parts, len(models), _HIGH_BINS), dtype=np.int32)
+    win_hist = np.empty((parts, win_model.shape[0], _WINDOW * _LOW_BINS), dtype=np.int32)
     for p in prange(parts):
+        for q in range(win_model.shape[0]):
+            win_hist[p, q, : win_rows[q] * _LOW_BINS] = 0
         lo, hi = _bounds(base.shape[0], parts, p)
-        _high_range(models, base, lo, hi, block, hist[p])
+        _high_range(
+            models, base, lo, hi, block, hist[p], win_model, win_first, win_span, win_row, win_hist[p]
+        )  # fmt: skip
+    return hist, win_hist
+
+
+@njit(cache=True, error_model="numpy")
+def _sample_high(models, base, runs, length):
+    """The top-16-bits histogram of |τ_t| (T, 2^15) over ``runs`` runs of ``length`` entries, evenly spread."""
+    n = base.shape[0]
+    hist = np.zeros((len(models), _HIGH_BINS), dtype=np.int32)
+    none = np.zeros(0, dtype=np.int64)
+    rows = np.zeros((0, 1), dtype=np.int32)
+    for r in range(runs):
+        s = (n - length) * r // max(1, runs - 1)
+        _high_range(models, base, s, s + length, length, hist, none, none, none, rows, rows)
     return hist
 
 
@@ -118,15 +186,26 @@ def _low_range(models, base, lo, hi, block, target_model, target_bucket, hist):
                     continue
                 bucket = np.uint32(target_bucket[q])
                 h = hist[q]
-                for j in range(e):  # branch-free: an entry outside the bucket adds 0 (a branch mispredicts)
+                # Entries in the bucket with low bits 0 (most of them when τ comes from bfloat16 weights) are
+                # counted in a vectorised loop: incremented one by one, the same bin would make each increment
+                # wait for the previous one. The others go to their bin, and entries outside the bucket to one
+                # of _SPARE bins past the end (in turn, for the same reason); neither needs a branch, which
+                # would mispredict.
+                zeros = np.int32(0)
+                for j in range(e):
+                    zeros += np.int32(tau[j] & _ABS == bucket << np.uint32(16))
+                h[0] += zeros
+                for j in range(e):
                     a = tau[j] & _ABS
-                    h[a & 0xFFFF] += np.int32((a >> 16) == bucket)
+                    low = a & np.uint32(0xFFFF)
+                    spare = np.uint32(_LOW_BINS) + (np.uint32(j) & np.uint32(_SPARE - 1))
+                    h[low if (a >> np.uint32(16)) == bucket and low != np.uint32(0) else spare] += 1
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _pass_low(models, base, parts, block, target_model, target_bucket):
     """Histogram of the low 16 bits of |τ| inside one top-bits bucket per target: (parts, J, 2^16)."""
-    hist = np.zeros((parts, target_model.shape[0], _LOW_BINS), dtype=np.int32)
+    hist = np.zeros((parts, target_model.shape[0], _LOW_BINS + _SPARE), dtype=np.int32)
     for p in prange(parts):
         lo, hi = _bounds(base.shape[0], parts, p)
         _low_range(models, base, lo, hi, block, target_model, target_bucket, hist[p])
@@ -350,14 +429,16 @@ def fused_ties(
     out_dtype: torch.dtype = torch.float32,
     parts: int | None = None,
     block: int = 1024,
+    window: bool | None = None,
 ) -> torch.Tensor:
     """:func:`.ties.ties` (or :func:`.ties.ties_sv` with ``slack``) computed in float32 by the fused kernel.
 
     The inputs stay in their stored dtype (bfloat16 or float32; others, or a mix, are cast to float32 first) and
     are read three times instead of being copied; the result is returned in ``out_dtype``, rounded once. Equal,
     element for element, to the torch definition followed by ``.to(out_dtype)``. ``parts``: how many contiguous
-    ranges the threads take (default one per numba thread); ``block``: entries per inner block. Neither changes
-    the result.
+    ranges the threads take (default one per numba thread); ``block``: entries per inner block; ``window``:
+    whether the thresholds' buckets are guessed from a sample (default: for tensors of 2^20 entries or more). None
+    of them changes the result.
     """
     base_np, models = _inputs(base, tensors)
     n = base_np.shape[0]
@@ -381,21 +462,34 @@ def fused_ties(
         else:
             search.append((q, k))
     if search:
-        high = torch.from_numpy(_pass_high(models, base_np, parts, block)).sum(dim=0)
+        sampled = window if window is not None else n >= _SAMPLE_MIN
+        win_q, windows = _choose_windows(models, base_np, search, target_model, sampled)
+        high_parts, win_hist = _pass_high(models, base_np, parts, block, *windows)
+        high = torch.from_numpy(high_parts).sum(dim=0)
         found = {q: _kth_largest_count(high[target_model[q]], k) for q, k in search}
-        buckets = np.array([found.get(q, (0, 0))[0] for q in range(len(fractions))], dtype=np.int64)
-        wanted = np.array([target_model[q] if q in found else -1 for q in range(len(fractions))])
-        low_parts = _pass_low(models, base_np, parts, block, wanted, buckets)
-        low = torch.from_numpy(low_parts).sum(dim=0)
+        low_parts = {}  # target → (parts, 2^16): per range, the low 16 bits of |τ| in the threshold's bucket
+        for i, q in enumerate(win_q):
+            r = int(windows[3][i, found[q][0]])
+            if r >= 0:
+                low_parts[q] = win_hist[:, i, r * _LOW_BINS : (r + 1) * _LOW_BINS]
+        missed = [q for q, _ in search if q not in low_parts]
+        if missed:  # no window, or the sample misled: the second pass over the inputs
+            buckets = np.array(
+                [found[q][0] if q in missed else 0 for q in range(len(fractions))], dtype=np.int64
+            )
+            wanted = np.array([target_model[q] if q in missed else -1 for q in range(len(fractions))])
+            second = _pass_low(models, base_np, parts, block, wanted, buckets)
+            low_parts.update({q: second[:, q, :_LOW_BINS] for q in missed})  # the spare bins dropped
         for q, k in search:
             bucket, above = found[q]
-            low_key, above_low = _kth_largest_count(low[q], k - above)
+            low = torch.from_numpy(np.ascontiguousarray(low_parts[q])).sum(dim=0)
+            low_key, above_low = _kth_largest_count(low, k - above)
             keys[q] = (bucket << 16) | low_key
-            equal, taken = int(low[q][low_key]), k - above - above_low
+            equal, taken = int(low[low_key]), k - above - above_low
             # Some of the entries tied at the threshold must be dropped (ties at 0 are moot: they add nothing):
             # the per-range low histograms count each range's tied entries, taken in range order.
             if taken < equal and keys[q] != 0:
-                per_part = low_parts[:, q, low_key]
+                per_part = low_parts[q][:, low_key]
                 before = np.concatenate([[0], np.cumsum(per_part)[:-1]])
                 share = np.clip(taken - before, 0, per_part)
                 allow[:, q] = np.where(share == per_part, -1, share)  # −1: all of the range's tied entries
@@ -404,6 +498,52 @@ def fused_ties(
         keys[n_models:] if use_slack else keys[:n_models], allow[:, n_models:] if use_slack else allow[:, :n_models],
         None, None, weight, lambda_, normalize, use_slack,
     )  # fmt: skip
+
+
+def _choose_windows(
+    models: tuple[np.ndarray, ...],
+    base: np.ndarray,
+    search: list[tuple[int, int]],
+    target_model: np.ndarray,
+    sampled: bool,
+) -> tuple[list[int], tuple[np.ndarray, ...]]:
+    """Where the first pass also counts low bits, from a sample: for each target (q, k) of ``search``, the buckets
+    that the sample holds between its (k ± 6σ)-th largest |τ| (σ: the rank's standard deviation), if there are
+    at most ``_WINDOW`` of them. Buckets the sample does not see are left out, which matters for bfloat16
+    models: their |τ| take few distinct values, with many empty buckets between.
+
+    Returns the targets that got a window and the window arrays of :func:`_pass_high`. When the k-th largest
+    |τ| of the whole tensor falls in no counted bucket, the second pass finds it: the sample decides how fast
+    the result comes, never what it is.
+    """
+    chosen: list[tuple[int, torch.Tensor]] = []
+    n = base.shape[0]
+    length = min(_SAMPLE_LEN, n // _SAMPLE_BLOCKS)
+    if sampled and length > 0:
+        sample = torch.from_numpy(_sample_high(models, base, _SAMPLE_BLOCKS, length))
+        m = _SAMPLE_BLOCKS * length
+        for q, k in search:
+            counts = sample[target_model[q]]
+            f = k / n
+            spread = 6 * math.sqrt(f * (1 - f) * m) + 8
+            top = _kth_largest_count(counts, max(1, math.floor(f * m - spread)))[0]
+            bottom = _kth_largest_count(counts, min(m, math.ceil(f * m + spread)))[0]
+            seen = torch.nonzero(counts[bottom : top + 1]).flatten() + bottom
+            if len(seen) <= _WINDOW:
+                chosen.append((q, seen))
+    rows = np.full((len(chosen), _HIGH_BINS), -1, dtype=np.int32)
+    for i, (_, seen) in enumerate(chosen):
+        rows[i, seen.numpy()] = np.arange(len(seen), dtype=np.int32)
+    first = [int(seen[0]) << 16 for _, seen in chosen]
+    return [q for q, _ in chosen], (
+        np.array([target_model[q] for q, _ in chosen], dtype=np.int64),
+        np.array(first, dtype=np.int64),
+        np.array(
+            [((int(seen[-1]) << 16) | 0xFFFF) - lo for (_, seen), lo in zip(chosen, first)], dtype=np.int64
+        ),
+        rows,
+        np.array([len(seen) for _, seen in chosen], dtype=np.int64),
+    )
 
 
 def fused_dare_ties(
