@@ -63,7 +63,8 @@ PRESETS = {
     "small": dict(hidden_size=256, num_hidden_layers=4, intermediate_size=704, vocab_size=8000, heads=8),
     "0.5b": dict(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096, vocab_size=32000, heads=16),
 }
-METHODS = ("linear", "task_arithmetic", "ties", "dare_ties")
+# The methods both tools run; the default --methods are the first four.
+METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
 INIT_STD = 0.02  # base weights ~ N(0, 0.02²), as transformers initialises Llama
 FINETUNE_STD = (0.002, 0.003)  # the two task vectors: ~10-15% of the weight scale
 MB = 2**20

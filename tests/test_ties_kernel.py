@@ -193,3 +193,20 @@ def test_dare_masks_do_not_depend_on_the_split(parts, block):
     # λ = 0 gives the base whatever the masks
     zero = fused_dare_ties(models, base=base, lambda_=0.0, generator=torch.Generator().manual_seed(1), **kw)
     assert torch.equal(zero, base)
+
+
+@pytest.mark.parametrize("n", [1 << 16, 3 * N, 1 << 20])
+def test_compiled_dare_masks_equal_the_torch_hash(monkeypatch, n):
+    """CPU masks of 2^16 entries or more come from the compiled loop; they equal the int64 torch hash bit for bit."""
+    calls: list[int] = []
+    compiled = ties_kernel.keep_mask
+    monkeypatch.setattr(ties_kernel, "keep_mask", lambda *a: calls.append(1) or compiled(*a))
+    keys = dare.drop_keys(3, torch.Generator().manual_seed(11)) + [(2**32 - 1, 2**32 - 1), (0, 0)]
+    for key, d in zip(keys, [0.5, 0.1, 0.9, 0.3, 0.999]):
+        got = dare.keep_mask(torch.Size([n]), key, d)
+        monkeypatch.setenv("BABELMERGE_KERNELS", "0")  # the torch definition
+        expected = dare.keep_mask(torch.Size([n]), key, d)
+        monkeypatch.delenv("BABELMERGE_KERNELS")
+        assert torch.equal(got, expected), (key, d)
+        assert abs(got.float().mean().item() - d) < 6 * (d * (1 - d) / n) ** 0.5
+    assert len(calls) == len(keys)

@@ -13,7 +13,6 @@ temporary folder beside ``out_dir`` and renamed into place only when complete.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -42,7 +41,7 @@ from .merge_config import (
     load_merge_config,
     torch_dtype,
 )
-from .methods import MergeMethod
+from .methods import MergeMethod, kernels_enabled
 from .model_card import write_model_card
 from .safetensors_stream import PlannedTensor, StreamingWriter, parse_size, plan_shards, shard_file_names
 
@@ -223,8 +222,7 @@ def _use_kernel(plan: MergePlan) -> bool:
         plan.method.kernel is not None
         and plan.device.type == "cpu"
         and plan.compute_dtype == torch.float32
-        and os.environ.get("BABELMERGE_KERNELS", "1") != "0"
-        and importlib.util.find_spec("numba") is not None
+        and kernels_enabled()
     )
 
 

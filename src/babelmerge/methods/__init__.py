@@ -10,7 +10,9 @@ Adding a method is one small function plus one ``@register(...)`` line.
 
 from __future__ import annotations
 
+import importlib.util
 import keyword
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,6 +131,12 @@ LAMBDA = Param("lambda", 1.0, doc="scale λ of the merged task vector")
 
 def normalize_param(default: bool) -> Param:
     return Param("normalize", default, kind=bool, doc="divide by the sum of the (agreeing) weights")
+
+
+def kernels_enabled() -> bool:
+    """Whether the compiled CPU kernels may run: numba is installed and ``BABELMERGE_KERNELS=0`` is not set (which
+    makes every method run its torch definition, e.g. to compare the two)."""
+    return os.environ.get("BABELMERGE_KERNELS", "1") != "0" and importlib.util.find_spec("numba") is not None
 
 
 # Importing the modules registers the methods (functions: ``babelmerge.methods.ties.ties`` etc., also

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import DENSITY, LAMBDA, WEIGHT, Param, normalize_param, register
+from . import DENSITY, LAMBDA, WEIGHT, Param, kernels_enabled, normalize_param, register
 from .task_arithmetic import combine_sum, task_vectors
 from .ties import ties_combine
 
@@ -20,6 +20,9 @@ RESCALE = Param("rescale", True, kind=bool, doc="divide kept entries by density 
 _M32 = 0xFFFFFFFF
 _MIX = (0x21F0AAAD, 0x735A2D97)  # multipliers of a 32-bit integer hash (C. Wellons' hash-prospector), < 2^31
 _CHUNK = 1 << 20  # entries hashed at a time (bounds the int64 temporaries to 8 MB each)
+# From this many entries on, CPU masks come from the compiled loop of :mod:`.ties_kernel` (the int64 tensor ops
+# above run ~20 ns per entry on a CPU without 64-bit vector multiplies; the loop, in 32-bit arithmetic, < 1 ns).
+_KERNEL_MIN = 1 << 16
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
@@ -47,9 +50,13 @@ def keep_mask(shape: torch.Size, key: tuple[int, int], density: float, device: t
     """m ~ Bernoulli(d) per entry, as a boolean tensor: m_i = [u_i < ⌊d·2^32⌋], u_i = mix32(mix32(i mod 2^32 ⊕ k₀)
     ⊕ ⌊i / 2^32⌋ ⊕ k₁) for the flat (row-major) index i."""
     n = shape.numel()
-    mask = torch.empty(n, dtype=torch.bool, device=device)
     k0, k1 = key
     threshold = keep_threshold(density)
+    if torch.device(device).type == "cpu" and n >= _KERNEL_MIN and threshold < 1 << 32 and kernels_enabled():
+        from .ties_kernel import keep_mask as compiled  # the same hash as a multi-threaded loop (tested)
+
+        return compiled(n, key, threshold).view(shape)
+    mask = torch.empty(n, dtype=torch.bool, device=device)
     for start in range(0, n, _CHUNK):
         i = torch.arange(start, min(n, start + _CHUNK), dtype=torch.int64, device=device)
         u = mix32(mix32((i & _M32) ^ k0) ^ (i >> 32) ^ k1)

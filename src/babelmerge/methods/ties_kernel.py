@@ -49,7 +49,7 @@ from numba import njit, prange
 from .dare import drop_keys, keep_threshold
 from .magnitude import _kth_largest_count
 
-__all__ = ["fused_ties", "fused_dare_ties"]
+__all__ = ["fused_ties", "fused_dare_ties", "keep_mask"]
 
 _HIGH_BINS = 1 << 15  # top 16 bits of |τ| with the sign bit clear
 _LOW_BINS = 1 << 16
@@ -260,17 +260,23 @@ def _mix32_(u, e):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _drop_weigh(tau_f, start, e, drop, scale, w, u, out):
-    """out[:e] = (τ / scale)·w where DARE keeps entry start + j (:func:`.dare.keep_mask`, keys and threshold in
-    ``drop`` = (k₀, k₁, ⌊d·2^32⌋)), 0 elsewhere. ``u``: uint32 scratch."""
-    zero = np.float32(0.0)
-    k0, k1, threshold = np.uint32(drop[0]), np.uint32(drop[1]), drop[2]
+def _draws(start, e, k0, k1, u):
+    """u[:e] = DARE's 32-bit draws of the entries start … start + e − 1 (:func:`.dare.keep_mask`'s hash)."""
     for j in range(e):
         u[j] = np.uint32((start + j) & 0xFFFFFFFF) ^ k0
     _mix32_(u, e)
     for j in range(e):
         u[j] ^= np.uint32((start + j) >> 32) ^ k1
     _mix32_(u, e)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _drop_weigh(tau_f, start, e, drop, scale, w, u, out):
+    """out[:e] = (τ / scale)·w where DARE keeps entry start + j (:func:`.dare.keep_mask`, keys and threshold in
+    ``drop`` = (k₀, k₁, ⌊d·2^32⌋)), 0 elsewhere. ``u``: uint32 scratch."""
+    zero = np.float32(0.0)
+    threshold = drop[2]
+    _draws(start, e, np.uint32(drop[0]), np.uint32(drop[1]), u)
     if threshold > _U32:  # density 1: every entry kept
         for j in range(e):
             out[j] = (tau_f[j] / scale) * w
@@ -278,6 +284,29 @@ def _drop_weigh(tau_f, start, e, drop, scale, w, u, out):
         t32 = np.uint32(threshold)
         for j in range(e):
             out[j] = (tau_f[j] / scale) * w if u[j] < t32 else zero
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _pass_keep_mask(k0, k1, threshold, parts, block, out):
+    """out[i] = DARE's draw of entry i < threshold (a uint32 below 2^32), for every i: :func:`.dare.keep_mask`."""
+    n = out.shape[0]
+    t32 = np.uint32(threshold)
+    for p in prange(parts):
+        lo, hi = _bounds(n, parts, p)
+        u = np.empty(block, dtype=np.uint32)
+        for s in range(lo, hi, block):
+            e = min(hi, s + block) - s
+            _draws(s, e, np.uint32(k0), np.uint32(k1), u)
+            dst = out[s : s + e]
+            for j in range(e):
+                dst[j] = u[j] < t32
+
+
+def keep_mask(n: int, key: tuple[int, int], threshold: int, block: int = 4096) -> torch.Tensor:
+    """:func:`.dare.keep_mask` of n entries (flat) with keys ``key`` and a threshold below 2^32, multi-threaded."""
+    out = torch.empty(n, dtype=torch.bool)
+    _pass_keep_mask(key[0], key[1], threshold, _parts(n), block, out.numpy())
+    return out
 
 
 @njit(cache=True, error_model="numpy")
