@@ -280,6 +280,14 @@ class Tool:
     env: tuple[tuple[str, str], ...] = ()  # extra environment variables for the tool's process
 
 
+def tool_env(tool: Tool) -> dict[str, str]:
+    """The environment a tool's merge process runs in: ours, plus its variables and its package copy."""
+    env = {**os.environ, **dict(tool.env)}
+    if tool.pythonpath is not None:
+        env["PYTHONPATH"] = str(tool.pythonpath)
+    return env
+
+
 def startup_command(tool: Tool, mergekit_venv: Path) -> list[str]:
     """The tool's process doing everything but the merge: start the interpreter and import the merge code."""
     if tool.slug != "mergekit":
@@ -545,11 +553,8 @@ def main(argv: list[str] | None = None) -> int:
                     {"compute_dtype": "bfloat16"} if tool.bf16_compute else {})}, sort_keys=False)
             )  # fmt: skip
             out = out_dir / "warm-up"
-            env = {**os.environ, **dict(tool.env)}
-            if tool.pythonpath is not None:
-                env["PYTHONPATH"] = str(tool.pythonpath)
             cmd = tool_command(tool, warm_cfg, out, args.mergekit_venv)
-            if run_measured(cmd, log_dir / f"warm-up-{tool.slug}-{method}.log", env)[3] != 0:
+            if run_measured(cmd, log_dir / f"warm-up-{tool.slug}-{method}.log", tool_env(tool))[3] != 0:
                 raise SystemExit(f"warm-up merge failed: see {log_dir / f'warm-up-{tool.slug}-{method}.log'}")
             shutil.rmtree(out, ignore_errors=True)
 
@@ -563,10 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                 load = load_average()
                 cmd = tool_command(tool, cfg_paths[(method, tool.bf16_compute)], out, args.mergekit_venv)
                 log = log_dir / f"{out.name}-r{rep}.log"
-                env = {**os.environ, **dict(tool.env)}
-                if tool.pythonpath is not None:
-                    env["PYTHONPATH"] = str(tool.pythonpath)
-                wall, rss, cpu, rc = run_measured(cmd, log, env)
+                wall, rss, cpu, rc = run_measured(cmd, log, tool_env(tool))
                 sync_s = timed_sync()
                 runs.append(
                     Run(method, tool.label, rep, wall, sync_s, rss, cpu, load, rc, startup[tool.slug])

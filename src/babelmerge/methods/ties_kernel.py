@@ -464,7 +464,7 @@ def fused_ties(
     """:func:`.ties.ties` (or :func:`.ties.ties_sv` with ``slack``) computed in float32 by the fused kernel.
 
     The inputs stay in their stored dtype (bfloat16 or float32; others, or a mix, are cast to float32 first) and
-    are read three times instead of being copied; the result is returned in ``out_dtype``, rounded once. Equal,
+    are read two or three times instead of being copied; the result is returned in ``out_dtype``, rounded once. Equal,
     element for element, to the torch definition followed by ``.to(out_dtype)``. ``parts``: how many contiguous
     ranges the threads take (default one per numba thread); ``block``: entries per inner block; ``window``:
     whether the thresholds' buckets are guessed from a sample (default: for tensors of 2^20 entries or more). None
@@ -493,13 +493,17 @@ def fused_ties(
             search.append((q, k))
     if search:
         sampled = window if window is not None else n >= _SAMPLE_MIN
-        win_q, windows = _choose_windows(models, base_np, search, target_model, sampled)
-        high_parts, win_hist = _pass_high(models, base_np, parts, block, *windows)
+        win_q, (win_model, win_first, win_span, win_row, win_rows) = _choose_windows(
+            models, base_np, search, target_model, sampled
+        )
+        high_parts, win_hist = _pass_high(
+            models, base_np, parts, block, win_model, win_first, win_span, win_row, win_rows
+        )
         high = torch.from_numpy(high_parts).sum(dim=0)
         found = {q: _kth_largest_count(high[target_model[q]], k) for q, k in search}
         low_parts = {}  # target → (parts, 2^16): per range, the low 16 bits of |τ| in the threshold's bucket
         for i, q in enumerate(win_q):
-            r = int(windows[3][i, found[q][0]])
+            r = int(win_row[i, found[q][0]])
             if r >= 0:
                 low_parts[q] = win_hist[:, i, r * _LOW_BINS : (r + 1) * _LOW_BINS]
         missed = [q for q, _ in search if q not in low_parts]
