@@ -5,6 +5,7 @@ Inputs are built from bf16 values so that many task-vector magnitudes tie at the
 merges; small blocks and several thread ranges make ties straddle block and range boundaries.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,6 +101,30 @@ def test_misleading_sample_falls_back_to_the_second_pass(monkeypatch):
     expected = _reference(models, base, torch.bfloat16, **kw)
     assert torch.equal(fused_ties(models, base=base, out_dtype=torch.bfloat16, **kw), expected)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("in_dtype", [torch.bfloat16, torch.float32])
+def test_windows_with_room_take_one_pass_and_those_that_outgrow_it_two(monkeypatch, in_dtype):
+    """bfloat16 at density 0.7: one-bucket windows, 16-bit keys; float32: several buckets, 32-bit keys. With the
+    room the sample asks for, no second pass; with room for one block per range, every window overflows, is
+    dropped, and the second pass finds the thresholds. The result is the definition's either way."""
+    calls = _count_second_passes(monkeypatch)
+    choose = ties_kernel._choose_windows
+    key_types = []
+
+    def recording(*args, room=None):
+        targets, windows, keys = choose(*args)
+        key_types.append(keys.dtype)
+        return targets, windows, keys if room is None else np.ascontiguousarray(keys[:, :, :room])
+
+    base, models = _inputs(2, in_dtype, "normal", n=1 << 20, seed=5)
+    kw = dict(weight=[1.0, 0.6], density=[0.7, 0.7], lambda_=1.0, normalize=True)
+    expected = _reference(models, base, in_dtype, **kw)
+    for room, passes in ((None, []), (4096, [1])):
+        monkeypatch.setattr(ties_kernel, "_choose_windows", lambda *a, room=room: recording(*a, room=room))
+        assert torch.equal(fused_ties(models, base=base, out_dtype=in_dtype, block=4096, **kw), expected)
+        assert calls == passes
+    assert key_types == 2 * [np.uint16 if in_dtype == torch.bfloat16 else np.uint32]
 
 
 @pytest.mark.parametrize("parts", [1, 2, 5, 16])

@@ -17,8 +17,10 @@ per thread:
    :func:`.magnitude.top_fraction_mask`; the per-range counts say how many of them each range takes.
    For tensors of 2^20 entries or more this pass is usually folded into the first: a sample of 64K entries
    says which few buckets hold the k-th largest value (± 6 standard deviations of its rank), and the first
-   pass counts the low bits of the entries in those buckets too. Only when the threshold falls outside them
-   does this second pass run (:func:`_choose_windows`; tested with a misleading sample).
+   pass also keeps the |τ| of the entries in those buckets (a few per cent of them, appended branch-free to a
+   list); the low-bits histogram is then taken over that list. Only when the threshold falls outside the
+   buckets, or the list outgrows the room the sample asked for, does this second pass run
+   (:func:`_choose_windows`; tested with a misleading sample and with too little room).
 3. Per block: the trim, weights, sign election (among protected entries for TIES-SV), disjoint mean, λ and the
    base, rounded once to the output dtype (round-to-nearest-even, as torch's cast).
 
@@ -30,10 +32,11 @@ counter-based hash), then the election and sum of step 3.
 and in float32 (no fused multiply-add, no reassociation), which is what makes the results identical; the tests
 compare the two on ties, zeros, negative weights, both normalisations and every output dtype.
 
-The loops compile on first use (about 20 s per combination of input dtype, output dtype and number of models,
-then cached on disk by numba, beside this file or in ``NUMBA_CACHE_DIR``). This module is imported only when a
-kernel is first called (numba takes a quarter of a second to import); without numba the engine runs the torch
-definition instead.
+The passes release the GIL (``nogil``), so that the engine's reader and writer threads go on while a kernel
+runs. The loops compile on first use (about 20 s per combination of input dtype, output dtype and number of
+models, then cached on disk by numba, beside this file or in ``NUMBA_CACHE_DIR``). This module is imported only
+when a kernel is first called (numba takes a quarter of a second to import); without numba the engine runs the
+torch definition instead.
 """
 
 from __future__ import annotations
@@ -47,14 +50,13 @@ import torch
 from numba import njit, prange
 
 from .dare import drop_keys, keep_threshold
-from .magnitude import _kth_largest_count
 
 __all__ = ["fused_ties", "fused_dare_ties", "keep_mask"]
 
 _HIGH_BINS = 1 << 15  # top 16 bits of |τ| with the sign bit clear
 _LOW_BINS = 1 << 16
 _SPARE = 64  # extra bins of the low-bits histogram that take the entries outside the bucket
-_WINDOW = 32  # most top-bits buckets a sampled window counts low bits in
+_WINDOW_SHARE = 1 / 4  # largest share of the entries a sampled window may hold
 _SAMPLE_MIN = 1 << 20  # tensors with at least this many entries guess the threshold's bucket from a sample
 _SAMPLE_BLOCKS, _SAMPLE_LEN = 64, 1024  # the sample: this many runs of contiguous entries, evenly spread
 _ABS = np.uint32(0x7FFFFFFF)
@@ -91,84 +93,108 @@ def _bounds(n, parts, p):
 
 
 @njit(cache=True, error_model="numpy")
-def _high_range(models, base, lo, hi, block, hist, win_model, win_first, win_span, win_row, win_hist):
+def _high_range(models, base, lo, hi, block, hist, win_model, win_first, win_span, keys, count):
     """hist[t, b] += how many |τ_t| on [lo, hi) have top 16 bits b; and for each window q (of model
-    win_model[q]: the |τ| bit patterns win_first[q] to win_first[q] + win_span[q]) win_hist[q, r·2^16 + l] +=
-    how many have low 16 bits l and top bits b with win_row[q, b] = r (≥ 0: the buckets the window counts)."""
+    win_model[q]), a − win_first[q] appended to keys[q] for the |τ| bit patterns a with 0 ≤ a − win_first[q] ≤
+    win_span[q], of which count[q] are filled (−1 once they no longer fit: that window is then left to the
+    second pass). ``keys`` is uint16 when every span is below 2^16, else uint32."""
     base_bits = np.empty(block, dtype=np.uint32)
     tau = np.empty(block, dtype=np.uint32)
+    cap = keys.shape[1]
     for s in range(lo, hi, block):
         e = min(hi, s + block) - s
         _load(base, s, e, base_bits)
         base_f = base_bits.view(np.float32)
+        for q in range(win_model.shape[0]):
+            if count[q] + e > cap:  # no room for a whole block (each entry is written, then kept or not)
+                count[q] = -1
         for t in range(len(models)):
             _task_vector(models[t], base_f, s, e, tau)
             h = hist[t]
-            # The model's first window is counted in the same loop, its others after (TIES-SV: the slack's).
-            # The branch is taken by the few entries in a window: mispredicted that often. The window count is
-            # written out in both loops on purpose: as one inline helper the first pass ran 7× slower.
-            first, span, w0 = np.uint32(0), np.uint32(0), -1
+            # The model's first window is filled in the same loop, its others after it (TIES-SV: the slack's).
+            # Every entry is written at the end of the keys and the end advanced only for those in the window:
+            # no branch, which would mispredict. The window loop is written out in both loops on purpose: as
+            # one inline helper the first pass ran 7× slower.
+            w0 = -1
             for q in range(win_model.shape[0]):
-                if win_model[q] == t:
-                    first, span, w0 = np.uint32(win_first[q]), np.uint32(win_span[q]), q
+                if win_model[q] == t and count[q] >= 0:
+                    w0 = q
                     break
             if w0 < 0:
                 for j in range(e):
                     h[(tau[j] & _ABS) >> np.uint32(16)] += 1
             else:
-                row, wh = win_row[w0], win_hist[w0]
+                first, span, buf, end = np.uint32(win_first[w0]), np.uint32(win_span[w0]), keys[w0], count[w0]
                 for j in range(e):
                     a = tau[j] & _ABS
                     h[a >> np.uint32(16)] += 1
-                    if a - first <= span:  # wraps around below the window
-                        r = row[a >> np.uint32(16)]
-                        if r >= 0:
-                            wh[(r << np.int32(16)) | np.int32(a & np.uint32(0xFFFF))] += 1
+                    buf[end] = a - first  # kept (the end advanced) where this is at most span: no wrap-around
+                    end += np.int64(a - first <= span)
+                count[w0] = end
             for q in range(w0 + 1, win_model.shape[0]):
-                if win_model[q] != t:
+                if win_model[q] != t or count[q] < 0:
                     continue
-                first, span, row, wh = (
-                    np.uint32(win_first[q]),
-                    np.uint32(win_span[q]),
-                    win_row[q],
-                    win_hist[q],
-                )
+                first, span, buf, end = np.uint32(win_first[q]), np.uint32(win_span[q]), keys[q], count[q]
                 for j in range(e):
                     a = tau[j] & _ABS
-                    if a - first <= span:
-                        r = row[a >> np.uint32(16)]
-                        if r >= 0:
-                            wh[(r << np.int32(16)) | np.int32(a & np.uint32(0xFFFF))] += 1
+                    buf[end] = a - first
+                    end += np.int64(a - first <= span)
+                count[q] = end
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _pass_high(models, base, parts, block, win_model, win_first, win_span, win_row, win_rows):
-    """Histograms of the top 16 bits of |τ_t|, per thread range and model: (parts, T, 2^15); and of the low 16
-    bits inside each window's buckets, per thread range: (parts, Q, _WINDOW·2^16), window q's rows past
-    win_rows[q] left unset."""
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
+def _pass_high(models, base, parts, block, win_model, win_first, win_span, keys):
+    """Histograms of the top 16 bits of |τ_t|, per thread range and model: (parts, T, 2^15); and, into ``keys``
+    (parts, Q, room), per thread range and window the |τ| bit patterns inside the window minus its first, of
+    which count (parts, Q) are filled (−1: more than the room)."""
     hist = np.zeros((parts, len(models), _HIGH_BINS), dtype=np.int32)
-    win_hist = np.empty((parts, win_model.shape[0], _WINDOW * _LOW_BINS), dtype=np.int32)
+    count = np.zeros((parts, win_model.shape[0]), dtype=np.int64)
     for p in prange(parts):
-        for q in range(win_model.shape[0]):
-            win_hist[p, q, : win_rows[q] * _LOW_BINS] = 0
         lo, hi = _bounds(base.shape[0], parts, p)
-        _high_range(
-            models, base, lo, hi, block, hist[p], win_model, win_first, win_span, win_row, win_hist[p]
-        )  # fmt: skip
-    return hist, win_hist
+        _high_range(models, base, lo, hi, block, hist[p], win_model, win_first, win_span, keys[p], count[p])
+    return hist, count
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _sample_high(models, base, runs, length):
     """The top-16-bits histogram of |τ_t| (T, 2^15) over ``runs`` runs of ``length`` entries, evenly spread."""
     n = base.shape[0]
     hist = np.zeros((len(models), _HIGH_BINS), dtype=np.int32)
     none = np.zeros(0, dtype=np.int64)
-    rows = np.zeros((0, 1), dtype=np.int32)
+    keys = np.zeros((0, 1), dtype=np.uint32)
     for r in range(runs):
         s = (n - length) * r // max(1, runs - 1)
-        _high_range(models, base, s, s + length, length, hist, none, none, none, rows, rows)
+        _high_range(models, base, s, s + length, length, hist, none, none, none, keys, none)
     return hist
+
+
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
+def _window_low(keys, count, q, first, bucket):
+    """Histogram of the low 16 bits of window q's |τ| bit patterns (keys + ``first``) in top-bits bucket
+    ``bucket``, per thread range: (parts, 2^16)."""
+    parts = keys.shape[0]
+    hist = np.zeros((parts, _LOW_BINS), dtype=np.int32)
+    b, f = np.uint32(bucket), np.uint32(first)
+    for p in prange(parts):
+        buf, h = keys[p, q], hist[p]
+        for i in range(count[p, q]):
+            a = np.uint32(buf[i]) + f
+            if a >> np.uint32(16) == b:
+                h[a & np.uint32(0xFFFF)] += 1
+    return hist
+
+
+@njit(cache=True)
+def _kth_bucket(counts, k):
+    """For a histogram of bucket counts and 1 ≤ k ≤ counts.sum(): (bucket of the k-th largest, count above it),
+    as :func:`.magnitude._kth_largest_count`."""
+    above = 0
+    for b in range(counts.shape[0] - 1, -1, -1):
+        c = counts[b]
+        if above + c >= k:
+            return b, above
+        above += c
+    return 0, above
 
 
 @njit(cache=True, error_model="numpy")
@@ -203,7 +229,7 @@ def _low_range(models, base, lo, hi, block, target_model, target_bucket, hist):
                     h[low if (a >> np.uint32(16)) == bucket and low != np.uint32(0) else spare] += 1
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def _pass_low(models, base, parts, block, target_model, target_bucket):
     """Histogram of the low 16 bits of |τ| inside one top-bits bucket per target: (parts, J, 2^16)."""
     hist = np.zeros((parts, target_model.shape[0], _LOW_BINS + _SPARE), dtype=np.int32)
@@ -287,7 +313,7 @@ def _drop_weigh(tau_f, start, e, drop, scale, w, u, out):
             out[j] = (tau_f[j] / scale) * w if u[j] < t32 else zero
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def _pass_keep_mask(k0, k1, threshold, parts, block, out):
     """out[i] = DARE's draw of entry i < threshold (a uint32 below 2^32), for every i: :func:`.dare.keep_mask`."""
     n = out.shape[0]
@@ -410,7 +436,7 @@ def _combine_range(
                 dst[j] = result[j]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def _pass_combine(
     models, base, out, parts, block, keep_key, keep_ties, protect_key, protect_ties, drop, scale, weight,
     lambda_, normalize, use_slack, use_drop,
@@ -493,19 +519,21 @@ def fused_ties(
             search.append((q, k))
     if search:
         sampled = window if window is not None else n >= _SAMPLE_MIN
-        win_q, (win_model, win_first, win_span, win_row, win_rows) = _choose_windows(
-            models, base_np, search, target_model, sampled
+        win_q, (win_model, win_first, win_span), recorded = _choose_windows(
+            models, base_np, search, target_model, sampled, parts, block
         )
-        high_parts, win_hist = _pass_high(
-            models, base_np, parts, block, win_model, win_first, win_span, win_row, win_rows
+        high_parts, count = _pass_high(
+            models, base_np, parts, block, win_model, win_first, win_span, recorded
         )
-        high = torch.from_numpy(high_parts).sum(dim=0)
-        found = {q: _kth_largest_count(high[target_model[q]], k) for q, k in search}
+        high = high_parts.sum(axis=0)
+        found = {q: _kth_bucket(high[target_model[q]], k) for q, k in search}
         low_parts = {}  # target → (parts, 2^16): per range, the low 16 bits of |τ| in the threshold's bucket
         for i, q in enumerate(win_q):
-            r = int(win_row[i, found[q][0]])
-            if r >= 0:
-                low_parts[q] = win_hist[:, i, r * _LOW_BINS : (r + 1) * _LOW_BINS]
+            bucket = found[q][0]
+            inside = win_first[i] >> 16 <= bucket <= (win_first[i] + win_span[i]) >> 16
+            if inside and (count[:, i] >= 0).all():
+                low_parts[q] = _window_low(recorded, count, i, win_first[i], bucket)
+        del recorded
         missed = [q for q, _ in search if q not in low_parts]
         if missed:  # no window, or the sample misled: the second pass over the inputs
             buckets = np.array(
@@ -516,8 +544,8 @@ def fused_ties(
             low_parts.update({q: second[:, q, :_LOW_BINS] for q in missed})  # the spare bins dropped
         for q, k in search:
             bucket, above = found[q]
-            low = torch.from_numpy(np.ascontiguousarray(low_parts[q])).sum(dim=0)
-            low_key, above_low = _kth_largest_count(low, k - above)
+            low = low_parts[q].sum(axis=0)
+            low_key, above_low = _kth_bucket(low, k - above)
             keys[q] = (bucket << 16) | low_key
             equal, taken = int(low[low_key]), k - above - above_low
             # Some of the entries tied at the threshold must be dropped (ties at 0 are moot: they add nothing):
@@ -540,43 +568,46 @@ def _choose_windows(
     search: list[tuple[int, int]],
     target_model: np.ndarray,
     sampled: bool,
-) -> tuple[list[int], tuple[np.ndarray, ...]]:
-    """Where the first pass also counts low bits, from a sample: for each target (q, k) of ``search``, the buckets
-    that the sample holds between its (k ± 6σ)-th largest |τ| (σ: the rank's standard deviation), if there are
-    at most ``_WINDOW`` of them. Buckets the sample does not see are left out, which matters for bfloat16
-    models: their |τ| take few distinct values, with many empty buckets between.
+    parts: int,
+    block: int,
+) -> tuple[list[int], tuple[np.ndarray, ...], np.ndarray]:
+    """Which |τ| the first pass also keeps, from a sample: for each target (q, k) of ``search``, the top-bits
+    buckets from the one holding the sample's (k + 6σ)-th largest |τ| to the one holding its (k − 6σ)-th (σ: the
+    rank's standard deviation), if at most a quarter of the sample lies in them.
 
-    Returns the targets that got a window and the window arrays of :func:`_pass_high`. When the k-th largest
-    |τ| of the whole tensor falls in no counted bucket, the second pass finds it: the sample decides how fast
+    Returns the targets that got a window, the window arrays of :func:`_pass_high` (model, first bit pattern,
+    span) and its (unfilled) keys: per thread range 1.5 times the largest share the sample saw, plus a margin;
+    uint16 when every window is a single bucket. When the k-th largest |τ| of the whole tensor falls outside its
+    window, or a range's window entries outgrow the room, the second pass finds it: the sample decides how fast
     the result comes, never what it is.
     """
-    chosen: list[tuple[int, torch.Tensor]] = []
+    chosen: list[tuple[int, int, int, float]] = []  # (target, bottom bucket, top bucket, sample share)
     n = base.shape[0]
     length = min(_SAMPLE_LEN, n // _SAMPLE_BLOCKS)
     if sampled and length > 0:
-        sample = torch.from_numpy(_sample_high(models, base, _SAMPLE_BLOCKS, length))
+        sample = _sample_high(models, base, _SAMPLE_BLOCKS, length)
         m = _SAMPLE_BLOCKS * length
         for q, k in search:
             counts = sample[target_model[q]]
             f = k / n
             spread = 6 * math.sqrt(f * (1 - f) * m) + 8
-            top = _kth_largest_count(counts, max(1, math.floor(f * m - spread)))[0]
-            bottom = _kth_largest_count(counts, min(m, math.ceil(f * m + spread)))[0]
-            seen = torch.nonzero(counts[bottom : top + 1]).flatten() + bottom
-            if len(seen) <= _WINDOW:
-                chosen.append((q, seen))
-    rows = np.full((len(chosen), _HIGH_BINS), -1, dtype=np.int32)
-    for i, (_, seen) in enumerate(chosen):
-        rows[i, seen.numpy()] = np.arange(len(seen), dtype=np.int32)
-    first = [int(seen[0]) << 16 for _, seen in chosen]
-    return [q for q, _ in chosen], (
-        np.array([target_model[q] for q, _ in chosen], dtype=np.int64),
-        np.array(first, dtype=np.int64),
-        np.array(
-            [((int(seen[-1]) << 16) | 0xFFFF) - lo for (_, seen), lo in zip(chosen, first)], dtype=np.int64
+            top = _kth_bucket(counts, max(1, math.floor(f * m - spread)))[0]
+            bottom = _kth_bucket(counts, min(m, math.ceil(f * m + spread)))[0]
+            share = int(counts[bottom : top + 1].sum()) / m
+            if share <= _WINDOW_SHARE:
+                chosen.append((q, bottom, top, share))
+    share = max((c[3] for c in chosen), default=0.0)
+    room = int(-(-n // parts) * min(1.0, 1.5 * share + 0.02)) + block if chosen else 0
+    narrow = all(c[1] == c[2] for c in chosen)
+    keys = np.empty((parts, len(chosen), room), dtype=np.uint16 if narrow else np.uint32)  # touched as filled
+    return (
+        [c[0] for c in chosen],
+        (
+            np.array([target_model[c[0]] for c in chosen], dtype=np.int64),
+            np.array([c[1] << 16 for c in chosen], dtype=np.int64),
+            np.array([((c[2] - c[1]) << 16) | 0xFFFF for c in chosen], dtype=np.int64),
         ),
-        rows,
-        np.array([len(seen) for _, seen in chosen], dtype=np.int64),
+        keys,
     )
 
 
