@@ -113,8 +113,9 @@ def _high_range(models, base, lo, hi, block, hist, win_model, win_first, win_spa
             h = hist[t]
             # The model's first window is filled in the same loop, its others after it (TIES-SV: the slack's).
             # Every entry is written at the end of the keys and the end advanced only for those in the window:
-            # no branch, which would mispredict. The window loop is written out in both loops on purpose: as
-            # one inline helper the first pass ran 7× slower.
+            # no branch, which would mispredict. The window loop is written out in both loops on purpose: the
+            # previous per-bucket counting, as one inline helper, made the first pass 7× slower (not re-tried
+            # for the append).
             w0 = -1
             for q in range(win_model.shape[0]):
                 if win_model[q] == t and count[q] >= 0:
@@ -128,7 +129,7 @@ def _high_range(models, base, lo, hi, block, hist, win_model, win_first, win_spa
                 for j in range(e):
                     a = tau[j] & _ABS
                     h[a >> np.uint32(16)] += 1
-                    buf[end] = a - first  # kept (the end advanced) where this is at most span: no wrap-around
+                    buf[end] = a - first  # below the window this wraps around past span: one test, both ends
                     end += np.int64(a - first <= span)
                 count[w0] = end
             for q in range(w0 + 1, win_model.shape[0]):
@@ -596,8 +597,8 @@ def _choose_windows(
             share = int(counts[bottom : top + 1].sum()) / m
             if share <= _WINDOW_SHARE:
                 chosen.append((q, bottom, top, share))
-    share = max((c[3] for c in chosen), default=0.0)
-    room = int(-(-n // parts) * min(1.0, 1.5 * share + 0.02)) + block if chosen else 0
+    widest = max((c[3] for c in chosen), default=0.0)
+    room = int(-(-n // parts) * min(1.0, 1.5 * widest + 0.02)) + block if chosen else 0
     narrow = all(c[1] == c[2] for c in chosen)
     keys = np.empty((parts, len(chosen), room), dtype=np.uint16 if narrow else np.uint32)  # touched as filled
     return (
