@@ -27,7 +27,11 @@ Timing protocol (the same for every tool):
 * "wall" is the merge process alone; "wall+sync" adds a ``sync`` right after it. babelmerge fsyncs its output
   itself and mergekit does not, so wall+sync is the like-for-like number and the one divided by the I/O floor;
 * the I/O floor reads every input file once and writes one output of the merged size (a copy of the base
-  checkpoint, written while it is read), then fsyncs: the least any merge of these inputs must do;
+  checkpoint, written while it is read), then fsyncs: the least any merge of these inputs must do. It is taken
+  both ways a writer can go, through the page cache and bypassing it (``O_DIRECT``, as babelmerge's writer does
+  where the file system allows), before the runs and again before each method's round (the machine's state
+  drifts: on the benchmark's VM a page-cache write costs ~10× more CPU when the memory it lands in was freed
+  seconds rather than moments before); the fastest sample of either way is the floor;
 * each tool's start-up (interpreter and imports: ``from babelmerge import merge``, ``mergekit-yaml --help``) is
   timed on its own (best of 3); "minus start-up" = wall+sync − start-up is the time spent merging, and the
   number compared with the I/O floor (which starts no interpreter);
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import platform
 import shutil
@@ -241,32 +246,54 @@ def run_measured(
     return wall, max_kb / 1024, user + system, rc
 
 
-def read_files(paths: list[Path], chunk: int = 64 * MB, copy_first_to: Path | None = None) -> None:
-    """Read every file once; optionally write the first one to ``copy_first_to`` (fsynced) while reading it."""
-    buf = bytearray(chunk)
+def read_files(
+    paths: list[Path], chunk: int = 64 * MB, copy_first_to: Path | None = None, direct: bool = False
+) -> None:
+    """Read every file once; optionally write the first one to ``copy_first_to`` (fsynced) while reading it,
+    through the page cache or, with ``direct``, bypassing it (``O_DIRECT``, as babelmerge's writer does)."""
+    buf = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT requires
     view = memoryview(buf)
     for i, path in enumerate(paths):
-        dst = open(copy_first_to, "wb") if (copy_first_to is not None and i == 0) else None
+        dst = None
+        if copy_first_to is not None and i == 0:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0)
+            dst = os.open(copy_first_to, flags, 0o644)
+        size = 0
         with open(path, "rb", buffering=0) as src:
-            while n := src.readinto(buf):
+            while True:
+                n = 0
+                while n < chunk and (got := src.readinto(view[n:])):
+                    n += got
+                if n == 0:
+                    break
                 if dst is not None:
-                    dst.write(view[:n])
+                    end = -(-n // 4096) * 4096 if direct else n  # direct: whole blocks (the tail padded)
+                    view[n:end] = bytes(end - n)
+                    done = 0
+                    while done < end:
+                        done += os.pwrite(dst, view[done:end], size + done)
+                    size += n
         if dst is not None:
-            dst.flush()
-            os.fsync(dst.fileno())
-            dst.close()
+            os.ftruncate(dst, size)
+            os.fsync(dst)
+            os.close(dst)
 
 
-def io_floor(inputs: list[Path], scratch: Path) -> float:
+def io_floor(inputs: list[Path], scratch: Path, direct: bool = False) -> float:
     """Seconds to read all inputs and write (and fsync) one output of the merged size by plain copying."""
     scratch.mkdir(parents=True, exist_ok=True)
     target = scratch / "model.safetensors"
     os.sync()
     t0 = time.perf_counter()
-    read_files(inputs, copy_first_to=target)
+    read_files(inputs, copy_first_to=target, direct=direct)
     elapsed = time.perf_counter() - t0
     target.unlink()
     return elapsed
+
+
+def floor_pair(inputs: list[Path], scratch: Path) -> dict[str, float]:
+    """The I/O floor both ways: output through the page cache, and bypassing it."""
+    return {"page_cache": io_floor(inputs, scratch), "direct": io_floor(inputs, scratch, direct=True)}
 
 
 @dataclass(frozen=True)
@@ -513,9 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg_paths[(method, False)], cfg_paths[(method, True)] = shared, bf16
 
     read_files(inputs)  # warm-up: every timed step below starts with the inputs in the page cache
-    floors = [io_floor(inputs, work / "io_floor") for _ in range(args.repeats)]
-    floor_s = min(floors)
-    print(f"I/O floor: {', '.join(f'{f:.2f}s' for f in floors)}", flush=True)
+    floors = [floor_pair(inputs, work / "io_floor") for _ in range(args.repeats)]
+    print(f"I/O floor: {', '.join(f'{f}' for f in floors)}", flush=True)
 
     startup: dict[str, float] = {}
     for tool in tools:
@@ -561,6 +587,10 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     for rep in range(1, args.repeats + 1):
         for method in args.methods:
+            floors.append(
+                floor_pair(inputs, work / "io_floor")
+            )  # the machine's state drifts: sampled throughout
+            print(f"[{rep}] I/O floor {floors[-1]}", flush=True)
             for tool in tools:
                 out = out_dir / f"{args.size}-{method}-{tool.slug}"
                 shutil.rmtree(out, ignore_errors=True)
@@ -609,6 +639,11 @@ def main(argv: list[str] | None = None) -> int:
         "transformers": transformers.__version__,
         "mergekit venv (mergekit, torch, transformers)": mk_versions,
     }
+    floor_s = min(min(f.values()) for f in floors)  # the least any merge of these inputs must do
+    spread = {k: (min(f[k] for f in floors), max(f[k] for f in floors)) for k in floors[0]}
+    floor_line = f"I/O floor {floor_s:.2f} s, the fastest of {len(floors)} samples of each way: " + ", ".join(
+        f"{k.replace('_', ' ')} {lo:.2f}–{hi:.2f} s" for k, (lo, hi) in spread.items()
+    )
     result = {
         "size": args.size,
         "parameters_per_model": n_params,
@@ -623,10 +658,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     (work / f"results-{run_tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     labels = [t.label for t in tools]
-    report = f"{markdown_table(runs, floor_s, agreement, labels)}\n\n{target_lines(runs, floor_s, labels)}\n"
+    report = f"{markdown_table(runs, floor_s, agreement, labels)}\n\n{target_lines(runs, floor_s, labels)}\n\n{floor_line}\n"
     (work / f"results-{run_tag}.md").write_text(report)
     print("\n" + report)
-    print(f"\nI/O floor {floor_s:.2f}s; versions {versions}; results in {work / f'results-{run_tag}.json'}")
+    print(f"\n{floor_line}; versions {versions}; results in {work / f'results-{run_tag}.json'}")
     return 0 if all(r.returncode == 0 for r in runs) else 1
 
 

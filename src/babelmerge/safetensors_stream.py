@@ -7,13 +7,20 @@ is simple and stable — an 8-byte little-endian header length, a JSON header ma
 ``dtype``, ``shape`` and ``data_offsets``, then the raw little-endian bytes — so this module implements exactly
 those operations. Files it writes load with ``safetensors.torch.load_file`` and ``from_pretrained``.
 
-The writer asks the kernel to start writing its bytes to disk every 64 MB (Linux ``sync_file_range``, without
-waiting), so the disk works while the merge goes on and the closing fsync has little left to do.
+The writer bypasses the page cache where the file system allows it (``O_DIRECT``): the bytes are gathered in a
+16 MB aligned buffer and go from there to the disk, so writing costs almost no CPU and the closing fsync has
+nothing left to write. Through the page cache every written page must first be allocated: measured on this
+project's VM, 0.28 CPU s per 0.94 GB when the memory was freed a moment before, 2.9 s when it had been free for
+a few seconds (the hypervisor takes idle guest memory back), against 0.06 s direct. Where ``O_DIRECT`` is refused
+(tmpfs, some network or FUSE file systems), or with ``BABELMERGE_DIRECT_IO=0``, the writer writes through the
+page cache and asks the kernel to start writing back every 64 MB (Linux ``sync_file_range``, without waiting).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import json
 import mmap
 import os
@@ -41,6 +48,14 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER = 100_000_000
 WRITEBACK_EVERY = 64 << 20  # bytes written between two requests to start writing them back to disk
 SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start write-back of the dirty pages in the range, do not wait
+ALIGN = 4096  # O_DIRECT: buffer address, file offset and length multiples of the logical block size (≤ 4 KB)
+STAGE_BYTES = 16 << 20  # the aligned buffer direct writes go through (a multiple of ALIGN)
+_O_DIRECT = getattr(os, "O_DIRECT", 0)  # 0 where the platform has none (macOS, Windows)
+
+
+def direct_io_requested() -> bool:
+    """Whether writers try ``O_DIRECT`` (default yes; ``BABELMERGE_DIRECT_IO=0`` in the environment: no)."""
+    return os.environ.get("BABELMERGE_DIRECT_IO", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _writeback_starter():
@@ -161,11 +176,18 @@ class StreamingWriter:
     """Write one safetensors file whose tensors (names, dtypes, shapes, order) are known in advance.
 
     The header is written first; then :meth:`write` must be called once per planned tensor, in plan order.
-    :meth:`close` checks that every tensor arrived.
+    :meth:`close` checks that every tensor arrived and makes the file durable (fsync). ``direct``: try to bypass
+    the page cache (default: :func:`direct_io_requested`); :attr:`direct` says whether the file is being written
+    that way (the file system may refuse, then or at the first write).
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], plan: Sequence[PlannedTensor], metadata: dict | None = None
+        self,
+        path: str | os.PathLike[str],
+        plan: Sequence[PlannedTensor],
+        metadata: dict | None = None,
+        *,
+        direct: bool | None = None,
     ):
         self.path = Path(path)
         self.plan = list(plan)
@@ -180,10 +202,25 @@ class StreamingWriter:
             offset += t.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-(len(raw) + 8) % 8)  # keep the data 8-byte aligned
-        self._f = open(self.path, "wb", buffering=0)
-        self._write_all(memoryview(struct.pack("<Q", len(raw)) + raw))
+        self._fd = os.open(
+            self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644
+        )
         self._next = 0
-        self._written = self._started = 8 + len(raw)  # file offsets: written so far, write-back started up to
+        self._written = self._started = (
+            0  # file offsets: bytes handed to the kernel, write-back started up to
+        )
+        self._stage: mmap.mmap | None = (
+            None  # direct writes only: the aligned buffer and how much of it is filled
+        )
+        self._fill = 0
+        if (direct_io_requested() if direct is None else direct) and _O_DIRECT:
+            try:  # EINVAL where the file system cannot write directly
+                fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) | _O_DIRECT)
+                self._stage = mmap.mmap(-1, STAGE_BYTES)  # anonymous maps are page-aligned
+            except OSError:
+                pass
+        self.direct = self._stage is not None
+        self._put(memoryview(struct.pack("<Q", len(raw)) + raw))
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         expected = self.plan[self._next]
@@ -194,34 +231,84 @@ class StreamingWriter:
             )
         data = tensor.detach().to("cpu").contiguous()
         if data.numel():
-            self._write_all(memoryview(data.view(-1).view(torch.uint8).numpy()))  # flat: sliced by bytes
-            self._written += data.numel() * data.element_size()
+            self._put(memoryview(data.view(-1).view(torch.uint8).numpy()))  # flat: sliced by bytes
         self._next += 1
-        if _sync_file_range is not None and self._written - self._started >= WRITEBACK_EVERY:
+        if (
+            self._stage is None
+            and _sync_file_range is not None
+            and self._written - self._started >= WRITEBACK_EVERY
+        ):
             # Ask the kernel to start writing these bytes to disk now, without waiting for it: the disk works
             # while the merge goes on, and close()'s fsync finds little left (measured: 0.3 s → 0.02 s at the end
             # of a 0.9 GB merge). A hint: a file system that refuses it (return value −1) loses nothing.
-            _sync_file_range(
-                self._f.fileno(), self._started, self._written - self._started, SYNC_FILE_RANGE_WRITE
-            )
+            _sync_file_range(self._fd, self._started, self._written - self._started, SYNC_FILE_RANGE_WRITE)
             self._started = self._written
 
-    def _write_all(self, view: memoryview) -> None:
-        while view:  # an unbuffered file may write less than asked
-            view = view[self._f.write(view) :]
+    def _put(self, view: memoryview) -> None:
+        """Append bytes to the file: through the aligned buffer (direct) or straight from ``view``."""
+        if self._stage is None:
+            self._write_at(view, self._written)
+            self._written += len(view)
+            return
+        while view:
+            k = min(len(view), STAGE_BYTES - self._fill)
+            self._stage[self._fill : self._fill + k] = view[:k]
+            self._fill += k
+            view = view[k:]
+            if self._fill == STAGE_BYTES:
+                self._flush_stage()
+
+    def _flush_stage(self) -> None:
+        """Write the buffer at the end of the file, zero-padded to a whole block (only the last one is partial:
+        :meth:`close` truncates the padding away)."""
+        padded = -(-self._fill // ALIGN) * ALIGN
+        self._stage[self._fill : padded] = bytes(padded - self._fill)
+        self._write_at(memoryview(self._stage)[:padded], self._written)
+        self._written += self._fill
+        self._fill = 0
+
+    def _write_at(self, view: memoryview, offset: int) -> None:
+        """``pwrite`` all of ``view`` at ``offset``. A direct write the file system refuses (EINVAL: e.g. a FUSE
+        file system that accepted the flag, or a short write leaving an unaligned rest) is retried, and the file
+        finished, through the page cache."""
+        while view:
+            try:
+                done = os.pwrite(self._fd, view, offset)
+            except OSError as e:
+                if e.errno != errno.EINVAL or not self._direct_flag():
+                    raise
+                fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
+                self.direct = False
+                continue
+            if done == 0:
+                raise OSError(errno.EIO, f"{self.path}: write made no progress")
+            view, offset = view[done:], offset + done
+
+    def _direct_flag(self) -> bool:
+        return bool(_O_DIRECT and fcntl.fcntl(self._fd, fcntl.F_GETFL) & _O_DIRECT)
 
     def close(self) -> None:
         if self._next != len(self.plan):
-            self._f.close()
+            self.abort()
             raise RuntimeError(
                 f"{self.path.name}: {len(self.plan) - self._next} planned tensors were not written"
             )
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        try:
+            if self._stage is not None:
+                self._flush_stage()
+                os.ftruncate(self._fd, self._written)  # drop the last block's padding
+            os.fsync(self._fd)
+        finally:
+            self.abort()
 
     def abort(self) -> None:
-        self._f.close()
+        """Close the file (idempotent); the caller removes it."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._stage is not None:
+            self._stage.close()
+            self._stage = None
 
 
 def plan_shards(tensors: Sequence[PlannedTensor], max_shard_bytes: int) -> list[list[PlannedTensor]]:
