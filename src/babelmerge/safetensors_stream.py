@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import json
 import mmap
 import os
@@ -50,7 +49,11 @@ WRITEBACK_EVERY = 64 << 20  # bytes written between two requests to start writin
 SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start write-back of the dirty pages in the range, do not wait
 ALIGN = 4096  # O_DIRECT: buffer address, file offset and length multiples of the logical block size (≤ 4 KB)
 STAGE_BYTES = 16 << 20  # the aligned buffer direct writes go through (a multiple of ALIGN)
-_O_DIRECT = getattr(os, "O_DIRECT", 0)  # 0 where the platform has none (macOS, Windows)
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+_O_DIRECT = getattr(os, "O_DIRECT", 0) if fcntl is not None else 0  # 0: no direct writes (macOS, Windows)
 
 
 def direct_io_requested() -> bool:
@@ -206,12 +209,10 @@ class StreamingWriter:
             self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644
         )
         self._next = 0
-        self._written = self._started = (
-            0  # file offsets: bytes handed to the kernel, write-back started up to
-        )
-        self._stage: mmap.mmap | None = (
-            None  # direct writes only: the aligned buffer and how much of it is filled
-        )
+        # File offsets: bytes handed to the kernel so far, write-back started up to (buffered writes only).
+        self._written = self._started = 0
+        # Direct writes only: the aligned buffer and how much of it is filled.
+        self._stage: mmap.mmap | None = None
         self._fill = 0
         if (direct_io_requested() if direct is None else direct) and _O_DIRECT:
             try:  # EINVAL where the file system cannot write directly
