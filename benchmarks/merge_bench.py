@@ -292,8 +292,18 @@ def io_floor(inputs: list[Path], scratch: Path, direct: bool = False) -> float:
 
 
 def floor_pair(inputs: list[Path], scratch: Path) -> dict[str, float]:
-    """The I/O floor both ways: output through the page cache, and bypassing it."""
-    return {"page_cache": io_floor(inputs, scratch), "direct": io_floor(inputs, scratch, direct=True)}
+    """The I/O floor both ways: output through the page cache, and bypassing it (where the file system can)."""
+    floors = {"page_cache": io_floor(inputs, scratch)}
+    try:
+        floors["direct"] = io_floor(inputs, scratch, direct=True)
+    except OSError as e:  # EINVAL: no O_DIRECT here (e.g. tmpfs before Linux 6.6)
+        (scratch / "model.safetensors").unlink(missing_ok=True)
+        print(f"I/O floor: no direct writes in {scratch} ({e})", flush=True)
+    return floors
+
+
+def show_floor(floor: dict[str, float]) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v:.2f}s" for k, v in floor.items())
 
 
 @dataclass(frozen=True)
@@ -546,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
 
     read_files(inputs)  # warm-up: every timed step below starts with the inputs in the page cache
     floors = [floor_pair(inputs, work / "io_floor") for _ in range(args.repeats)]
-    print(f"I/O floor: {', '.join(f'{f}' for f in floors)}", flush=True)
+    print(f"I/O floor: {'; '.join(show_floor(f) for f in floors)}", flush=True)
 
     startup: dict[str, float] = {}
     for tool in tools:
@@ -592,10 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     for rep in range(1, args.repeats + 1):
         for method in args.methods:
-            floors.append(
-                floor_pair(inputs, work / "io_floor")
-            )  # the machine's state drifts: sampled throughout
-            print(f"[{rep}] I/O floor {floors[-1]}", flush=True)
+            # The machine's state drifts: the floor is sampled throughout.
+            floors.append(floor_pair(inputs, work / "io_floor"))
+            print(f"[{rep}] I/O floor: {show_floor(floors[-1])}", flush=True)
             for tool in tools:
                 out = out_dir / f"{args.size}-{method}-{tool.slug}"
                 shutil.rmtree(out, ignore_errors=True)
@@ -645,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         "mergekit venv (mergekit, torch, transformers)": mk_versions,
     }
     floor_s = min(min(f.values()) for f in floors)  # the least any merge of these inputs must do
-    spread = {k: (min(f[k] for f in floors), max(f[k] for f in floors)) for k in floors[0]}
+    ways = dict.fromkeys(k for f in floors for k in f)
+    spread = {k: (min(f[k] for f in floors if k in f), max(f[k] for f in floors if k in f)) for k in ways}
     floor_line = f"I/O floor {floor_s:.2f} s, the fastest of {len(floors)} samples of each way: " + ", ".join(
         f"{k.replace('_', ' ')} {lo:.2f}–{hi:.2f} s" for k, (lo, hi) in spread.items()
     )

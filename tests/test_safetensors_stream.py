@@ -39,7 +39,7 @@ def assert_reads_back(path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def direct_io_works(folder) -> bool:
-    """Whether this file system takes O_DIRECT writes (ext4 and xfs do, tmpfs does not)."""
+    """Whether this file system takes O_DIRECT writes (ext4 and xfs do, tmpfs only since Linux 6.6)."""
     probe = StreamingWriter(folder / "probe.safetensors", [], direct=True)
     probe.close()
     (folder / "probe.safetensors").unlink()

@@ -12,7 +12,7 @@ The writer bypasses the page cache where the file system allows it (``O_DIRECT``
 nothing left to write. Through the page cache every written page must first be allocated: measured on this
 project's VM, 0.28 CPU s per 0.94 GB when the memory was freed a moment before, 2.9 s when it had been free for
 a few seconds (the hypervisor takes idle guest memory back), against 0.06 s direct. Where ``O_DIRECT`` is refused
-(tmpfs, some network or FUSE file systems), or with ``BABELMERGE_DIRECT_IO=0``, the writer writes through the
+(tmpfs before Linux 6.6, some FUSE file systems), or with ``BABELMERGE_DIRECT_IO=0``, the writer writes through the
 page cache and asks the kernel to start writing back every 64 MB (Linux ``sync_file_range``, without waiting).
 """
 
