@@ -216,7 +216,7 @@ class StreamingWriter:
         self._fill = 0
         if (direct_io_requested() if direct is None else direct) and _O_DIRECT:
             try:  # EINVAL where the file system cannot write directly
-                fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) | _O_DIRECT)
+                self._set_direct(True)
                 self._stage = mmap.mmap(-1, STAGE_BYTES)  # anonymous maps are page-aligned
             except OSError:
                 pass
@@ -276,17 +276,22 @@ class StreamingWriter:
             try:
                 done = os.pwrite(self._fd, view, offset)
             except OSError as e:
-                if e.errno != errno.EINVAL or not self._direct_flag():
+                if e.errno != errno.EINVAL or not self._has_direct_flag():
                     raise
-                fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
+                self._set_direct(False)
                 self.direct = False
                 continue
             if done == 0:
                 raise OSError(errno.EIO, f"{self.path}: write made no progress")
             view, offset = view[done:], offset + done
 
-    def _direct_flag(self) -> bool:
+    def _has_direct_flag(self) -> bool:
         return bool(_O_DIRECT and fcntl.fcntl(self._fd, fcntl.F_GETFL) & _O_DIRECT)
+
+    def _set_direct(self, on: bool) -> None:
+        """Set or clear ``O_DIRECT`` on the open file (Linux allows both at any time)."""
+        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
 
     def close(self) -> None:
         if self._next != len(self.plan):
