@@ -68,47 +68,77 @@ def test_fused_equals_torch_definition(case, kind, in_dtype, out_dtype):
         assert torch.equal(got, expected), f"window={window}"
 
 
-def _count_second_passes(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    second = ties_kernel._pass_low
-    monkeypatch.setattr(ties_kernel, "_pass_low", lambda *a: calls.append(1) or second(*a))
+def _record_passes(monkeypatch) -> list:
+    """Each full pass over the inputs before the combining one, in order: ("high", which models took the top-bits
+    histogram) and "low" (the low-bits pass)."""
+    calls: list = []
+    high, low = ties_kernel._pass_high, ties_kernel._pass_low
+
+    def recording_high(models, base, parts, block, need_hist, *rest):
+        calls.append(("high", tuple(bool(x) for x in need_hist)))
+        return high(models, base, parts, block, need_hist, *rest)
+
+    monkeypatch.setattr(ties_kernel, "_pass_high", recording_high)
+    monkeypatch.setattr(ties_kernel, "_pass_low", lambda *a: calls.append("low") or low(*a))
     return calls
+
+
+ONE_PASS = [("high", (False, False))]  # every threshold in its window: no histogram, no second pass
+FALLBACK = [*ONE_PASS, ("high", (True, True)), "low"]
 
 
 @pytest.mark.parametrize("in_dtype", [torch.bfloat16, torch.float32])
 def test_sampled_windows_find_the_thresholds_in_one_pass(monkeypatch, in_dtype):
     """A large tensor (2^20 entries: windows on by default) of normal task vectors: the sample's windows hold
-    every threshold (TIES-SV: the slack's too), so no second pass is needed, and the result is the definition's."""
-    calls = _count_second_passes(monkeypatch)
+    every threshold (TIES-SV: the slack's too), so neither a top-bits histogram nor a second pass is needed, and
+    the result is the definition's."""
+    calls = _record_passes(monkeypatch)
     base, models = _inputs(2, in_dtype, "normal", n=1 << 20, seed=3)
     kw = dict(weight=[1.0, 0.6], density=[0.5, 0.2], lambda_=1.0, normalize=True)
     for slack in (None, [0.05, 0.1]):
         expected = _reference(models, base, in_dtype, slack, **kw)
         assert torch.equal(fused_ties(models, base=base, slack=slack, out_dtype=in_dtype, **kw), expected)
-    assert calls == []
+    assert calls == 2 * ONE_PASS
 
 
-def test_misleading_sample_falls_back_to_the_second_pass(monkeypatch):
-    """A sample whose magnitudes are 4x the tensor's puts every window in the wrong buckets: the second pass
-    then finds the thresholds, and the result is still the definition's."""
-    calls = _count_second_passes(monkeypatch)
+@pytest.mark.parametrize("scale", [4.0, 0.5])
+def test_misleading_sample_falls_back_to_the_second_pass(monkeypatch, scale):
+    """A sample whose magnitudes are 4x (half) the tensor's puts every window above (below) the thresholds:
+    the entries counted above the windows say so, a histogram pass and the second pass then find the
+    thresholds, and the result is still the definition's."""
+    calls = _record_passes(monkeypatch)
     base, models = _inputs(2, torch.bfloat16, "normal", n=1 << 20, seed=4)
-    scaled = [(base.float() + 4 * (m.float() - base.float())).bfloat16() for m in models]
+    scaled = [(base.float() + scale * (m.float() - base.float())).bfloat16() for m in models]
     sample = ties_kernel._sample_high
     fake = ties_kernel._inputs(base, scaled)
     monkeypatch.setattr(ties_kernel, "_sample_high", lambda _models, _base, *a: sample(fake[1], fake[0], *a))
     kw = dict(weight=[1.0, 0.6], density=[0.5, 0.2], lambda_=1.0, normalize=True)
     expected = _reference(models, base, torch.bfloat16, **kw)
     assert torch.equal(fused_ties(models, base=base, out_dtype=torch.bfloat16, **kw), expected)
-    assert calls == [1]
+    assert calls == FALLBACK
+
+
+def test_a_model_without_a_window_takes_the_histogram_the_others_do_not(monkeypatch):
+    """Model 0's task vector is normal (its threshold gets a window), model 1's is zero in 45% of the entries and
+    its threshold (density 0.6) among them (the bucket of 0 holds far more than a window may, so none is chosen):
+    only model 1 takes the histogram and the second pass, and the result is the definition's."""
+    calls = _record_passes(monkeypatch)
+    n = 1 << 20
+    base, (normal, other) = _inputs(2, torch.bfloat16, "normal", n=n, seed=6)
+    zero = torch.rand(n, generator=torch.Generator().manual_seed(7)) < 0.45
+    models = [normal, torch.where(zero, base, other)]
+    kw = dict(weight=[1.0, 0.8], density=[0.4, 0.6], lambda_=1.0, normalize=True)
+    expected = _reference(models, base, torch.bfloat16, **kw)
+    assert torch.equal(fused_ties(models, base=base, out_dtype=torch.bfloat16, **kw), expected)
+    assert calls == [("high", (False, True)), "low"]
 
 
 @pytest.mark.parametrize("in_dtype", [torch.bfloat16, torch.float32])
 def test_windows_with_room_take_one_pass_and_those_that_outgrow_it_two(monkeypatch, in_dtype):
     """bfloat16 at density 0.7: one-bucket windows, 16-bit keys; float32: several buckets, 32-bit keys. With the
-    room the sample asks for, no second pass; with room for one block per range, every window overflows, is
-    dropped, and the second pass finds the thresholds. The result is the definition's either way."""
-    calls = _count_second_passes(monkeypatch)
+    room the sample asks for, one pass; with room for one block per range, every window overflows, is dropped,
+    and a histogram pass and the second pass find the thresholds. The result is the definition's either way."""
+    calls = _record_passes(monkeypatch)
     choose = ties_kernel._choose_windows
     key_types = []
 
@@ -120,8 +150,9 @@ def test_windows_with_room_take_one_pass_and_those_that_outgrow_it_two(monkeypat
     base, models = _inputs(2, in_dtype, "normal", n=1 << 20, seed=5)
     kw = dict(weight=[1.0, 0.6], density=[0.7, 0.7], lambda_=1.0, normalize=True)
     expected = _reference(models, base, in_dtype, **kw)
-    for room, passes in ((None, []), (4096, [1])):
+    for room, passes in ((None, ONE_PASS), (4096, FALLBACK)):
         monkeypatch.setattr(ties_kernel, "_choose_windows", lambda *a, room=room: recording(*a, room=room))
+        calls.clear()
         assert torch.equal(fused_ties(models, base=base, out_dtype=in_dtype, block=4096, **kw), expected)
         assert calls == passes
     assert key_types == 2 * [np.uint16 if in_dtype == torch.bfloat16 else np.uint32]
@@ -235,3 +266,39 @@ def test_compiled_dare_masks_equal_the_torch_hash(monkeypatch, n):
         assert torch.equal(got, expected), (key, d)
         assert abs(got.float().mean().item() - d) < 6 * (d * (1 - d) / n) ** 0.5
     assert len(calls) == len(keys)
+
+
+@pytest.mark.parametrize("start", [0, 2**32 - 700, 2**32, 5 * 2**32 - 1])
+def test_compiled_draws_across_the_high_word_of_the_index(start):
+    """The compiled draws of 1000 entries from ``start`` — blocks that cross a multiple of 2^32 take the loop that
+    recomputes the index's high word per entry — equal the torch hash of those indices."""
+    k0, k1 = 0x9E3779B9, 0x7F4A7C15
+    got = np.empty(1000, dtype=np.uint32)
+    ties_kernel._draws(start, 1000, np.uint32(k0), np.uint32(k1), got)
+    i = torch.arange(start, start + 1000, dtype=torch.int64)
+    expected = dare.mix32(dare.mix32((i & 0xFFFFFFFF) ^ k0) ^ (i >> 32) ^ k1)
+    assert np.array_equal(got.astype(np.int64), expected.numpy())
+
+
+def test_loading_the_kernels_skips_numbas_scipy_probe():
+    """A fresh process that loads and runs a kernel does not import scipy.linalg (numba's BLAS probe, 0.2–0.5 s),
+    and numba still reports BLAS as available exactly when SciPy is installed, so np.dot in numba code works."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from babelmerge.methods.ties_kernel import fused_ties\n"
+        "z = torch.arange(16, dtype=torch.float32)\n"
+        "r = fused_ties([z + 1, z - 1], base=z, weight=[1, 1], density=[0.5, 0.5])\n"
+        # τ = +1 and −1 everywhere, all tied: each model keeps entries 0-7 (the first in index order), where the
+        # election's sum is 0 and + wins, giving the mean of the agreeing +1.
+        "assert torch.equal(r, z + (z < 8)), r\n"
+        "import numba.np.arraymath as a\n"
+        "print('scipy.linalg' in sys.modules, a._HAVE_BLAS)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", str(importlib.util.find_spec("scipy") is not None)]

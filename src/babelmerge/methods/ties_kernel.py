@@ -18,9 +18,12 @@ per thread:
    For tensors of 2^20 entries or more this pass is usually folded into the first: a sample of 64K entries
    says which few buckets hold the k-th largest value (± 6 standard deviations of its rank), and the first
    pass also keeps the |τ| of the entries in those buckets (a few per cent of them, appended branch-free to a
-   list); the low-bits histogram is then taken over that list. Only when the threshold falls outside the
-   buckets, or the list outgrows the room the sample asked for, does this second pass run
-   (:func:`_choose_windows`; tested with a misleading sample and with too little room).
+   list); the low-bits histogram is then taken over that list. A model whose every threshold got such a window
+   takes no top-bits histogram in the first pass: the entries above each window are counted instead (a
+   comparison where the histogram scatters increments), and the window's own entries say which of its buckets
+   holds the threshold. Only when the threshold falls outside the window, or the list outgrows the room the
+   sample asked for, does this second pass run, after a histogram pass for the models that took none
+   (:func:`_choose_windows`; tested with samples that mislead both ways and with too little room).
 3. Per block: the trim, weights, sign election (among protected entries for TIES-SV), disjoint mean, λ and the
    base, rounded once to the output dtype (round-to-nearest-even, as torch's cast).
 
@@ -28,7 +31,9 @@ DARE-TIES needs no thresholds: one pass in which each block's drop masks are has
 counter-based hash), then the election and sum of step 3.
 
 τ_t is recomputed in every pass instead of being stored: one subtraction is cheaper than writing and re-reading
-4 bytes per entry per model. Every float operation is the one the torch definition performs, in the same order
+4 bytes per entry per model. Loops that load stored bits and compute with them as floats, or hash in 32 bits, do
+so through tiny LLVM intrinsics (a bit cast, a 32-bit multiply and shift: numba has no scalar ``view`` and types
+uint32 arithmetic as 64-bit), which lets one loop do what would otherwise take a loop per step. Every float operation is the one the torch definition performs, in the same order
 and in float32 (no fused multiply-add, no reassociation), which is what makes the results identical; the tests
 compare the two on ties, zeros, negative weights, both normalisations and every output dtype.
 
@@ -41,15 +46,44 @@ torch definition instead.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from collections.abc import Sequence
 
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from .dare import drop_keys, keep_threshold
+
+
+def _load_numba_numpy_support() -> None:
+    """Import numba's numpy support (``numba.np.arraymath``) without its BLAS probe importing ``scipy.linalg``.
+
+    The first compiled call loads that module, which checks once whether a BLAS is available by importing
+    ``scipy.linalg.cython_blas``: with SciPy installed (``lm_eval`` pulls it in) 0.2–0.5 s of the ~1 s a fresh
+    process takes to load these kernels, holding the GIL, on the critical path of every merge. None of the kernels
+    here calls BLAS. The probe's import is refused while the module loads; its answer is then set to whether SciPy
+    is installed — which is what the probe would have found — so that numba's ``np.dot`` in other code of the
+    process behaves as before (its BLAS path imports SciPy when first compiled). Nothing is changed when either
+    module was imported already.
+    """
+    probe = "scipy.linalg.cython_blas"
+    if "numba.np.arraymath" in sys.modules or probe in sys.modules:
+        return
+    sys.modules[probe] = None  # an import of this name now raises ImportError at once
+    try:
+        import numba.np.arraymath as arraymath
+    finally:
+        del sys.modules[probe]
+    arraymath._HAVE_BLAS = importlib.util.find_spec("scipy") is not None
+
+
+_load_numba_numpy_support()
 
 __all__ = ["fused_ties", "fused_dare_ties", "keep_mask"]
 
@@ -63,6 +97,32 @@ _ABS = np.uint32(0x7FFFFFFF)
 
 # Each pass is a plain compiled function over one contiguous range [lo, hi) of the flattened tensors, and a
 # parallel loop that runs it on every thread's range (one range per thread).
+
+
+@intrinsic
+def _as_float32(typingctx, bits):
+    """The float32 whose bit pattern is the uint32 ``bits``: a bit cast (numba has no scalar ``view``), so that a
+    loop can load stored bits and compute with them as floats without a round trip through an array. (numba types
+    shifts and ``~`` of uint32 as 64-bit: callers cast back to uint32 first.)"""
+    if bits != types.uint32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _float32_bits(typingctx, value):
+    """The bit pattern of the float32 ``value``, as a uint32 (the inverse bit cast of :func:`_as_float32`)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -79,11 +139,16 @@ def _load(src, start, count, out_bits):
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _task_vector(src, base_f, start, count, tau_bits):
-    """τ = f32(θ) − f32(θ_base) of one model on [start, start+count), as float32 bit patterns in ``tau_bits``."""
-    _load(src, start, count, tau_bits)
+    """τ = f32(θ) − f32(θ_base) of one model on [start, start+count), as float32 bit patterns in ``tau_bits``.
+    One loop from the stored bits (measured 25% faster than widening into the array, then subtracting)."""
+    blk = src[start : start + count]
     t = tau_bits.view(np.float32)
-    for j in range(count):
-        t[j] = t[j] - base_f[j]
+    if src.itemsize == 2:  # bfloat16 is the top half of a float32 (resolved at compile time)
+        for j in range(count):
+            t[j] = _as_float32(np.uint32(np.uint32(blk[j]) << np.uint32(16))) - base_f[j]
+    else:
+        for j in range(count):
+            t[j] = _as_float32(np.uint32(blk[j])) - base_f[j]
 
 
 @njit(cache=True)
@@ -92,12 +157,25 @@ def _bounds(n, parts, p):
     return min(n, p * step), min(n, (p + 1) * step)
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _room(keys, q, count, e):
+    """The next ``e`` slots of window q's keys. Appending through this block-sized slice with a 32-bit count is
+    measured 1.6× faster than indexing the whole row with the window's int64 count."""
+    start = count[q]
+    row = keys[q]
+    return row[start : start + e]
+
+
 @njit(cache=True, error_model="numpy")
-def _high_range(models, base, lo, hi, block, hist, win_model, win_first, win_span, keys, count):
-    """hist[t, b] += how many |τ_t| on [lo, hi) have top 16 bits b; and for each window q (of model
-    win_model[q]), a − win_first[q] appended to keys[q] for the |τ| bit patterns a with 0 ≤ a − win_first[q] ≤
-    win_span[q], of which count[q] are filled (−1 once they no longer fit: that window is then left to the
-    second pass). ``keys`` is uint16 when every span is below 2^16, else uint32."""
+def _high_range(
+    models, base, lo, hi, block, hist, need_hist, win_model, win_first, win_span, keys, count, above
+):
+    """For the models t with need_hist[t]: hist[t, b] += how many |τ_t| on [lo, hi) have top 16 bits b. For each
+    window q (of model win_model[q]): a − win_first[q] appended to keys[q] for the |τ| bit patterns a with
+    0 ≤ a − win_first[q] ≤ win_span[q], of which count[q] are filled (−1 once they no longer fit: that window is
+    then left to the fallback), and above[q] += how many lie above the window (except for a model's first window
+    when the model takes the histogram, which says as much). ``keys`` is uint16 when every span is below 2^16,
+    else uint32."""
     base_bits = np.empty(block, dtype=np.uint32)
     tau = np.empty(block, dtype=np.uint32)
     cap = keys.shape[1]
@@ -111,49 +189,68 @@ def _high_range(models, base, lo, hi, block, hist, win_model, win_first, win_spa
         for t in range(len(models)):
             _task_vector(models[t], base_f, s, e, tau)
             h = hist[t]
-            # The model's first window is filled in the same loop, its others after it (TIES-SV: the slack's).
-            # Every entry is written at the end of the keys and the end advanced only for those in the window:
-            # no branch, which would mispredict. The window loop is written out in both loops on purpose: the
-            # previous per-bucket counting, as one inline helper, made the first pass 7× slower (not re-tried
-            # for the append).
+            # A model's windows (TIES-SV: the density's and the slack's) are filled one loop each, the first in the
+            # histogram's loop when the model takes one. Every entry is written at the end of the keys and the end
+            # advanced only for those in the window: no branch, which would mispredict. The window loop is written
+            # out in both loops on purpose: the previous per-bucket counting, as one inline helper, made the first
+            # pass 7× slower (not re-tried for the append).
             w0 = -1
             for q in range(win_model.shape[0]):
                 if win_model[q] == t and count[q] >= 0:
                     w0 = q
                     break
             if w0 < 0:
-                for j in range(e):
-                    h[(tau[j] & _ABS) >> np.uint32(16)] += 1
-            else:
-                first, span, buf, end = np.uint32(win_first[w0]), np.uint32(win_span[w0]), keys[w0], count[w0]
+                if need_hist[t]:
+                    for j in range(e):
+                        h[(tau[j] & _ABS) >> np.uint32(16)] += 1
+                continue
+            if need_hist[t]:
+                first, span, dst = (
+                    np.uint32(win_first[w0]),
+                    np.uint32(win_span[w0]),
+                    _room(keys, w0, count, e),
+                )
+                k = np.uint32(0)
                 for j in range(e):
                     a = tau[j] & _ABS
                     h[a >> np.uint32(16)] += 1
-                    buf[end] = a - first  # below the window this wraps around past span: one test, both ends
-                    end += np.int64(a - first <= span)
-                count[w0] = end
-            for q in range(w0 + 1, win_model.shape[0]):
+                    dst[k] = a - first  # below the window this wraps around past span: one test, both ends
+                    k += np.uint32(a - first <= span)
+                count[w0] += k
+                w0 += 1
+            # The entries above each window are counted: with the window's own entries, that says whether the
+            # threshold is inside it when the model takes no histogram (every threshold of it has a window).
+            for q in range(w0, win_model.shape[0]):
                 if win_model[q] != t or count[q] < 0:
                     continue
-                first, span, buf, end = np.uint32(win_first[q]), np.uint32(win_span[q]), keys[q], count[q]
+                first, span, dst = np.uint32(win_first[q]), np.uint32(win_span[q]), _room(keys, q, count, e)
+                top, k, up = first + span, np.uint32(0), np.int32(0)
                 for j in range(e):
                     a = tau[j] & _ABS
-                    buf[end] = a - first
-                    end += np.int64(a - first <= span)
-                count[q] = end
+                    dst[k] = a - first
+                    k += np.uint32(a - first <= span)
+                for j in range(e):
+                    up += np.int32(tau[j] & _ABS > top)
+                count[q] += k
+                above[q] += up
 
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
-def _pass_high(models, base, parts, block, win_model, win_first, win_span, keys):
-    """Histograms of the top 16 bits of |τ_t|, per thread range and model: (parts, T, 2^15); and, into ``keys``
-    (parts, Q, room), per thread range and window the |τ| bit patterns inside the window minus its first, of
-    which count (parts, Q) are filled (−1: more than the room)."""
+def _pass_high(models, base, parts, block, need_hist, win_model, win_first, win_span, keys):
+    """Histograms of the top 16 bits of |τ_t| for the models with need_hist[t], per thread range and model:
+    (parts, T, 2^15), zero for the others; and, into ``keys`` (parts, Q, room), per thread range and window the
+    |τ| bit patterns inside the window minus its first, of which count (parts, Q) are filled (−1: more than the
+    room), and how many lie above the window, above (parts, Q), for windows of models without a histogram."""
     hist = np.zeros((parts, len(models), _HIGH_BINS), dtype=np.int32)
     count = np.zeros((parts, win_model.shape[0]), dtype=np.int64)
+    above = np.zeros((parts, win_model.shape[0]), dtype=np.int64)
     for p in prange(parts):
         lo, hi = _bounds(base.shape[0], parts, p)
-        _high_range(models, base, lo, hi, block, hist[p], win_model, win_first, win_span, keys[p], count[p])
-    return hist, count
+        _high_range(
+            models, base, lo, hi, block, hist[p], need_hist, win_model, win_first, win_span, keys[p], count[p],
+            above[p],
+        )  # fmt: skip
+    return hist, count, above
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -161,11 +258,25 @@ def _sample_high(models, base, runs, length):
     """The top-16-bits histogram of |τ_t| (T, 2^15) over ``runs`` runs of ``length`` entries, evenly spread."""
     n = base.shape[0]
     hist = np.zeros((len(models), _HIGH_BINS), dtype=np.int32)
+    every = np.ones(len(models), dtype=np.bool_)
     none = np.zeros(0, dtype=np.int64)
     keys = np.zeros((0, 1), dtype=np.uint32)
     for r in range(runs):
         s = (n - length) * r // max(1, runs - 1)
-        _high_range(models, base, s, s + length, length, hist, none, none, none, keys, none)
+        _high_range(models, base, s, s + length, length, hist, every, none, none, none, keys, none, none)
+    return hist
+
+
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
+def _window_high(keys, count, q, buckets):
+    """Histogram of the top-bits buckets of window q's |τ| bit patterns, counted from the window's first bucket
+    (keys >> 16: windows start at a bucket), per thread range: (parts, ``buckets``)."""
+    parts = keys.shape[0]
+    hist = np.zeros((parts, buckets), dtype=np.int64)
+    for p in prange(parts):
+        buf, h = keys[p, q], hist[p]
+        for i in range(count[p, q]):
+            h[np.uint32(buf[i]) >> np.uint32(16)] += 1
     return hist
 
 
@@ -241,9 +352,10 @@ def _pass_low(models, base, parts, block, target_model, target_bucket):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _trim_weigh(tau_f, mag, e, key, allowed, w, out):
-    """out[:e] = w·τ where |τ| (bit patterns ``mag``) is above ``key``, or equal to it and among the first
-    ``allowed`` such entries (``allowed`` < 0: all of them); 0 elsewhere. Returns what is left of ``allowed``.
+def _trim_weigh(tau_f, tau, e, key, allowed, w, out):
+    """out[:e] = w·τ where |τ| (the bit patterns ``tau`` & 0x7FFFFFFF) is above ``key``, or equal to it and among
+    the first ``allowed`` such entries (``allowed`` < 0: all of them); 0 elsewhere. Returns what is left of
+    ``allowed``.
 
     Only the one block per range in which the allowance runs out needs an entry-by-entry loop; every other
     block keeps all or none of its tied entries in one vectorised loop.
@@ -253,16 +365,16 @@ def _trim_weigh(tau_f, mag, e, key, allowed, w, out):
         tied = np.int32(0)  # 32-bit count: the loop vectorises twice as wide as with int64
         if allowed > 0:
             for j in range(e):
-                tied += np.int32(mag[j] == key)
+                tied += np.int32(tau[j] & _ABS == key)
         if allowed < 0 or tied <= allowed:
             for j in range(e):
-                out[j] = tau_f[j] * w if mag[j] >= key else zero
+                out[j] = tau_f[j] * w if tau[j] & _ABS >= key else zero
             return allowed if allowed < 0 else allowed - tied
     for j in range(e):
-        out[j] = tau_f[j] * w if mag[j] > key else zero
+        out[j] = tau_f[j] * w if tau[j] & _ABS > key else zero
     if allowed > 0:
         for j in range(e):
-            if mag[j] == key and allowed > 0:
+            if tau[j] & _ABS == key and allowed > 0:
                 out[j] = tau_f[j] * w
                 allowed -= 1
     return allowed
@@ -271,31 +383,53 @@ def _trim_weigh(tau_f, mag, e, key, allowed, w, out):
 _U32 = np.uint64(0xFFFFFFFF)
 
 
+@intrinsic
+def _mul32(typingctx, a, b):
+    """a·b mod 2^32 of two uint32, as one 32-bit multiply (numba types the product of uint32 as 64-bit)."""
+    if a != types.uint32 or b != types.uint32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.mul(args[0], args[1])
+
+    return types.uint32(types.uint32, types.uint32), codegen
+
+
+@intrinsic
+def _shr32(typingctx, a, k):
+    """a >> k of two uint32, as a 32-bit shift (numba types it as 64-bit)."""
+    if a != types.uint32 or k != types.uint32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.lshr(args[0], args[1])
+
+    return types.uint32(types.uint32, types.uint32), codegen
+
+
 @njit(cache=True, error_model="numpy", inline="always")
-def _mix32_(u, e):
-    """:func:`.dare.mix32` of u[:e] in place (uint32: products wrap mod 2^32). One step per loop: written as
-    one expression per entry, numba widens the products to 64 bits and the loop does not vectorise."""
-    for j in range(e):
-        u[j] ^= u[j] >> np.uint32(16)
-    for j in range(e):
-        u[j] *= np.uint32(0x21F0AAAD)
-    for j in range(e):
-        u[j] ^= u[j] >> np.uint32(15)
-    for j in range(e):
-        u[j] *= np.uint32(0x735A2D97)
-    for j in range(e):
-        u[j] ^= u[j] >> np.uint32(15)
+def _mix32(x):
+    """:func:`.dare.mix32` of one uint32, in 32-bit operations only, so that a loop of it vectorises."""
+    a = np.uint32(x ^ _shr32(x, np.uint32(16)))
+    b = _mul32(a, np.uint32(0x21F0AAAD))
+    c = np.uint32(b ^ _shr32(b, np.uint32(15)))
+    d = _mul32(c, np.uint32(0x735A2D97))
+    return np.uint32(d ^ _shr32(d, np.uint32(15)))
 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _draws(start, e, k0, k1, u):
-    """u[:e] = DARE's 32-bit draws of the entries start … start + e − 1 (:func:`.dare.keep_mask`'s hash)."""
-    for j in range(e):
-        u[j] = np.uint32((start + j) & 0xFFFFFFFF) ^ k0
-    _mix32_(u, e)
-    for j in range(e):
-        u[j] ^= np.uint32((start + j) >> 32) ^ k1
-    _mix32_(u, e)
+    """u[:e] = DARE's 32-bit draws of the entries start … start + e − 1 (:func:`.dare.keep_mask`'s hash), in one
+    loop (measured a third faster than one loop per step of the hash)."""
+    if start >> 32 == (start + e - 1) >> 32:  # the high word of the index is the same for the whole block
+        high = np.uint32(np.uint32(start >> 32) ^ k1)
+        for j in range(e):
+            u[j] = _mix32(np.uint32(_mix32(np.uint32(np.uint32((start + j) & 0xFFFFFFFF) ^ k0)) ^ high))
+    else:
+        for j in range(e):
+            i = start + j
+            first = _mix32(np.uint32(np.uint32(i & 0xFFFFFFFF) ^ k0))
+            u[j] = _mix32(np.uint32(first ^ np.uint32(np.uint32(i >> 32) ^ k1)))
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -349,7 +483,6 @@ def _combine_range(
     zero = np.float32(0.0)
     base_bits = np.empty(block, dtype=np.uint32)
     tau = np.empty(block, dtype=np.uint32)
-    mag = np.empty(block, dtype=np.uint32)
     v = np.empty(block, dtype=np.float32)
     pv = np.empty(block, dtype=np.float32)
     total = np.empty(block, dtype=np.float32)
@@ -359,46 +492,46 @@ def _combine_range(
     neg_sum = np.empty(block, dtype=np.float32)
     pos_w = np.empty(block, dtype=np.float32)
     neg_w = np.empty(block, dtype=np.float32)
-    result = np.empty(block, dtype=np.uint32)
     bits = np.empty(block, dtype=np.uint32)  # DARE's hashes
     tau_f = tau.view(np.float32)
-    res = result.view(np.float32)
     for s in range(lo, hi, block):
         e = min(hi, s + block) - s
         _load(base, s, e, base_bits)
         base_f = base_bits.view(np.float32)
-        # The election sums start at 0 rather than at the first model's value (torch's): 0 + x = x except that
-        # −0 becomes +0, and the sums are only compared with 0, where −0 and +0 agree.
-        for j in range(e):
-            pos_sum[j] = zero
-            neg_sum[j] = zero
-            pos_w[j] = zero
-            neg_w[j] = zero
-            total[j] = zero
         if use_slack:
             for j in range(e):
                 prot_total[j] = zero
                 prot_count[j] = 0
         for t in range(n_models):
             _task_vector(models[t], base_f, s, e, tau)
-            if not use_drop:
-                for j in range(e):
-                    mag[j] = tau[j] & _ABS
             w = np.float32(weight[t])
             if use_drop:
                 _drop_weigh(tau_f, s, e, drop[t], np.float32(scale[t]), w, bits, v)
             else:
-                keep_left[t] = _trim_weigh(tau_f, mag, e, keep_key[t], keep_left[t], w, v)
-            for j in range(e):
-                total[j] = total[j] + v[j]
+                keep_left[t] = _trim_weigh(tau_f, tau, e, keep_key[t], keep_left[t], w, v)
             if use_slack:
-                protect_left[t] = _trim_weigh(tau_f, mag, e, protect_key[t], protect_left[t], w, pv)
+                protect_left[t] = _trim_weigh(tau_f, tau, e, protect_key[t], protect_left[t], w, pv)
                 for j in range(e):
                     prot_total[j] = prot_total[j] + pv[j]
                 for j in range(e):
                     prot_count[j] += pv[j] != zero
-            # Two loops of two sums each: one loop writing all four does not vectorise (too many arrays that
-            # might overlap for LLVM's runtime checks).
+            # The election's sums start at the first model's values (no pass filling them with zeros first), as
+            # torch's sum does. Two loops of two sums each: one loop writing all four does not vectorise (too
+            # many arrays that might overlap for LLVM's runtime checks).
+            if t == 0:
+                for j in range(e):
+                    total[j] = v[j]
+                for j in range(e):
+                    x = v[j]
+                    pos_sum[j] = x if x > zero else zero
+                    pos_w[j] = w if x > zero else zero
+                for j in range(e):
+                    x = v[j]
+                    neg_sum[j] = x if x < zero else zero
+                    neg_w[j] = w if x < zero else zero
+                continue
+            for j in range(e):
+                total[j] = total[j] + v[j]
             for j in range(e):
                 x = v[j]
                 pos_sum[j] = pos_sum[j] + (x if x > zero else zero)
@@ -415,26 +548,20 @@ def _combine_range(
             for j in range(e):
                 pos_sum[j] = pos_sum[j] / (pos_w[j] if pos_w[j] != zero else one)
                 neg_sum[j] = neg_sum[j] / (neg_w[j] if neg_w[j] != zero else one)
-        # The elected side, picked bit by bit: written as a float select, this loop compiled to a branch that
-        # mispredicts on half the entries (measured: the whole kernel 3× slower).
+        # The elected side, picked bit by bit (written as a float select, this loop compiled to a branch that
+        # mispredicts on half the entries: the whole kernel 3× slower), then λ, the base and the rounding, in one
+        # loop. λ·x + θ_base with λ = 1 is x + θ_base exactly.
         pos_bits, neg_bits = pos_sum.view(np.uint32), neg_sum.view(np.uint32)
+        dst = out[s : s + e]
         for j in range(e):
             pick = np.uint32(0) - np.uint32(total[j] >= zero)  # all ones where the elected sign is +
-            result[j] = (pos_bits[j] & pick) | (neg_bits[j] & ~pick)
-        if lam != one:
-            for j in range(e):
-                res[j] = res[j] * lam + base_f[j]
-        else:
-            for j in range(e):
-                res[j] = res[j] + base_f[j]
-        dst = out[s : s + e]
-        if out.itemsize == 2:  # bfloat16: round to nearest even, as torch's float32 → bfloat16 cast
-            for j in range(e):
-                b = result[j]
+            elected = np.uint32((pos_bits[j] & pick) | (neg_bits[j] & ~pick))
+            merged = _as_float32(elected) * lam + base_f[j]
+            b = _float32_bits(merged)
+            if out.itemsize == 2:  # bfloat16: round to nearest even, as torch's float32 → bfloat16 cast
                 dst[j] = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-        else:
-            for j in range(e):
-                dst[j] = result[j]
+            else:
+                dst[j] = b
 
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
@@ -523,20 +650,55 @@ def fused_ties(
         win_q, (win_model, win_first, win_span), recorded = _choose_windows(
             models, base_np, search, target_model, sampled, parts, block
         )
-        high_parts, count = _pass_high(
-            models, base_np, parts, block, win_model, win_first, win_span, recorded
+        # A model whose every threshold has a window takes no top-bits histogram: the entries above each window
+        # are counted instead, and the window's own entries say which of its buckets holds the threshold.
+        windowed = set(win_q)
+        need_hist = np.array(
+            [any(target_model[q] == t and q not in windowed for q, _ in search) for t in range(n_models)]
+        )
+        high_parts, count, above = _pass_high(
+            models, base_np, parts, block, need_hist, win_model, win_first, win_span, recorded
         )
         high = high_parts.sum(axis=0)
-        found = {q: _kth_bucket(high[target_model[q]], k) for q, k in search}
+        k_of = dict(search)
+        found = {}  # target → (bucket of the k-th largest |τ|, how many lie in the buckets above it)
         low_parts = {}  # target → (parts, 2^16): per range, the low 16 bits of |τ| in the threshold's bucket
         for i, q in enumerate(win_q):
-            bucket = found[q][0]
-            inside = win_first[i] >> 16 <= bucket <= (win_first[i] + win_span[i]) >> 16
-            if inside and (count[:, i] >= 0).all():
-                low_parts[q] = _window_low(recorded, count, i, win_first[i], bucket)
+            if (count[:, i] < 0).any():  # the window outgrew its room in some range
+                continue
+            first_bucket, last_bucket = win_first[i] >> 16, (win_first[i] + win_span[i]) >> 16
+            if need_hist[target_model[q]]:
+                bucket, before = _kth_bucket(high[target_model[q]], k_of[q])
+                if not first_bucket <= bucket <= last_bucket:
+                    continue
+            else:
+                up, inside = int(above[:, i].sum()), int(count[:, i].sum())
+                if not up < k_of[q] <= up + inside:
+                    continue
+                per_bucket = _window_high(recorded, count, i, last_bucket - first_bucket + 1).sum(axis=0)
+                offset, before = _kth_bucket(per_bucket, k_of[q] - up)
+                bucket, before = first_bucket + offset, up + before
+            found[q] = bucket, before
+            low_parts[q] = _window_low(recorded, count, i, win_first[i], bucket)
         del recorded
         missed = [q for q, _ in search if q not in low_parts]
-        if missed:  # no window, or the sample misled: the second pass over the inputs
+        if missed:  # no window, or the sample misled: a histogram (if not taken yet), then the low-bits pass
+            lacking = np.array([not need_hist[t] and t in target_model[missed] for t in range(n_models)])
+            if lacking.any():
+                none = np.zeros(0, dtype=np.int64)
+                extra = _pass_high(
+                    models,
+                    base_np,
+                    parts,
+                    block,
+                    lacking,
+                    none,
+                    none,
+                    none,
+                    np.zeros((parts, 0, 1), np.uint32),
+                )[0].sum(axis=0)
+                high[lacking] = extra[lacking]
+            found.update({q: _kth_bucket(high[target_model[q]], k_of[q]) for q in missed})
             buckets = np.array(
                 [found[q][0] if q in missed else 0 for q in range(len(fractions))], dtype=np.int64
             )
