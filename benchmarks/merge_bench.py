@@ -302,6 +302,18 @@ def floor_pair(inputs: list[Path], scratch: Path) -> dict[str, float]:
     return floors
 
 
+def vector_extensions() -> str:
+    """The widest x86 vector extensions the CPU reports (the kernels' speed depends on them), or "?"."""
+    try:
+        flags = next(
+            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+        ).split()
+    except (OSError, StopIteration):
+        return "?"
+    found = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return " ".join(found) or "none of avx2/avx512"
+
+
 def show_floor(floor: dict[str, float]) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {v:.2f}s" for k, v in floor.items())
 
@@ -669,14 +681,14 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [asdict(r) | {"total_s": r.total_s, "work_s": r.work_s} for r in runs],
         "agreement": agreement,
         "versions": versions,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "vector": vector_extensions()},
     }
     (work / f"results-{run_tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     labels = [t.label for t in tools]
     report = f"{markdown_table(runs, floor_s, agreement, labels)}\n\n{target_lines(runs, floor_s, labels)}\n\n{floor_line}\n"
     (work / f"results-{run_tag}.md").write_text(report)
     print("\n" + report)
-    print(f"\n{floor_line}; versions {versions}; results in {work / f'results-{run_tag}.json'}")
+    print(f"versions {versions}; machine {result['machine']}; results in {work / f'results-{run_tag}.json'}")
     return 0 if all(r.returncode == 0 for r in runs) else 1
 
 
