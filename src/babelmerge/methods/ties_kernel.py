@@ -383,28 +383,25 @@ def _trim_weigh(tau_f, tau, e, key, allowed, w, out):
 _U32 = np.uint64(0xFFFFFFFF)
 
 
-@intrinsic
-def _mul32(typingctx, a, b):
-    """a·b mod 2^32 of two uint32, as one 32-bit multiply (numba types the product of uint32 as 64-bit)."""
-    if a != types.uint32 or b != types.uint32:
-        return None
+def _uint32_op(name: str, doc: str):
+    """An intrinsic applying the LLVM instruction ``name`` (an llvmlite ``IRBuilder`` method) to two uint32, in
+    32 bits: numba types the product and the shifts of uint32 as 64-bit, and such loops do not vectorise."""
 
-    def codegen(context, builder, signature, args):
-        return builder.mul(args[0], args[1])
+    def typer(typingctx, a, b):
+        if a != types.uint32 or b != types.uint32:
+            return None
 
-    return types.uint32(types.uint32, types.uint32), codegen
+        def codegen(context, builder, signature, args):
+            return getattr(builder, name)(*args)
+
+        return types.uint32(types.uint32, types.uint32), codegen
+
+    typer.__name__, typer.__doc__ = f"_{name}32", doc
+    return intrinsic(typer)
 
 
-@intrinsic
-def _shr32(typingctx, a, k):
-    """a >> k of two uint32, as a 32-bit shift (numba types it as 64-bit)."""
-    if a != types.uint32 or k != types.uint32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.lshr(args[0], args[1])
-
-    return types.uint32(types.uint32, types.uint32), codegen
+_mul32 = _uint32_op("mul", "a·b mod 2^32 of two uint32.")
+_shr32 = _uint32_op("lshr", "a >> k of two uint32 (logical shift).")
 
 
 @njit(cache=True, error_model="numpy", inline="always")
