@@ -33,9 +33,10 @@ counter-based hash), then the election and sum of step 3.
 τ_t is recomputed in every pass instead of being stored: one subtraction is cheaper than writing and re-reading
 4 bytes per entry per model. Loops that load stored bits and compute with them as floats, or hash in 32 bits, do
 so through tiny LLVM intrinsics (a bit cast, a 32-bit multiply and shift: numba has no scalar ``view`` and types
-uint32 arithmetic as 64-bit), which lets one loop do what would otherwise take a loop per step. Every float operation is the one the torch definition performs, in the same order
-and in float32 (no fused multiply-add, no reassociation), which is what makes the results identical; the tests
-compare the two on ties, zeros, negative weights, both normalisations and every output dtype.
+uint32 arithmetic as 64-bit), which lets one loop do what would otherwise take a loop per step. Every float
+operation is the one the torch definition performs, in the same order and in float32 (no fused multiply-add, no
+reassociation), which is what makes the results identical; the tests compare the two on ties, zeros, negative
+weights, both normalisations and every output dtype.
 
 The passes release the GIL (``nogil``), so that the engine's reader and writer threads go on while a kernel
 runs. The loops compile on first use (about 20 s per combination of input dtype, output dtype and number of
@@ -159,8 +160,9 @@ def _bounds(n, parts, p):
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _room(keys, q, count, e):
-    """The next ``e`` slots of window q's keys. Appending through this block-sized slice with a 32-bit count is
-    measured 1.6× faster than indexing the whole row with the window's int64 count."""
+    """The next ``e`` slots of window q's keys, which the append loops fill through this block-sized slice with a
+    32-bit count (in a standalone loop up to 1.6× faster than indexing the whole row with the int64 count; not
+    faster in every sitting)."""
     start = count[q]
     row = keys[q]
     return row[start : start + e]
@@ -615,8 +617,9 @@ def fused_ties(
     """:func:`.ties.ties` (or :func:`.ties.ties_sv` with ``slack``) computed in float32 by the fused kernel.
 
     The inputs stay in their stored dtype (bfloat16 or float32; others, or a mix, are cast to float32 first) and
-    are read two or three times instead of being copied; the result is returned in ``out_dtype``, rounded once. Equal,
-    element for element, to the torch definition followed by ``.to(out_dtype)``. ``parts``: how many contiguous
+    are read two to four times instead of being copied (twice when the sampled windows hold the thresholds); the
+    result is returned in ``out_dtype``, rounded once. Equal, element for element, to the torch definition
+    followed by ``.to(out_dtype)``. ``parts``: how many contiguous
     ranges the threads take (default one per numba thread); ``block``: entries per inner block; ``window``:
     whether the thresholds' buckets are guessed from a sample (default: for tensors of 2^20 entries or more). None
     of them changes the result.
@@ -682,18 +685,10 @@ def fused_ties(
         if missed:  # no window, or the sample misled: a histogram (if not taken yet), then the low-bits pass
             lacking = np.array([not need_hist[t] and t in target_model[missed] for t in range(n_models)])
             if lacking.any():
-                none = np.zeros(0, dtype=np.int64)
-                extra = _pass_high(
-                    models,
-                    base_np,
-                    parts,
-                    block,
-                    lacking,
-                    none,
-                    none,
-                    none,
-                    np.zeros((parts, 0, 1), np.uint32),
-                )[0].sum(axis=0)
+                none, no_keys = np.zeros(0, dtype=np.int64), np.zeros((parts, 0, 1), dtype=np.uint32)
+                extra = _pass_high(models, base_np, parts, block, lacking, none, none, none, no_keys)[0].sum(
+                    axis=0
+                )
                 high[lacking] = extra[lacking]
             found.update({q: _kth_bucket(high[target_model[q]], k_of[q]) for q in missed})
             buckets = np.array(
