@@ -62,6 +62,7 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig
 
 from babelmerge.methods import METHODS as REGISTRY
+from babelmerge.safetensors_stream import ALIGN
 
 # Model sizes. 0.5b: 24 layers of hidden 1024 / MLP 4096, vocab 32000, untied head: 0.47B parameters, ~0.94 GB bf16.
 PRESETS = {
@@ -267,7 +268,7 @@ def read_files(
                 if n == 0:
                     break
                 if dst is not None:
-                    end = -(-n // 4096) * 4096 if direct else n  # direct: whole blocks (the tail padded)
+                    end = -(-n // ALIGN) * ALIGN if direct else n  # direct: whole blocks (the tail padded)
                     view[n:end] = bytes(end - n)
                     done = 0
                     while done < end:

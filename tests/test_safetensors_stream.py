@@ -124,10 +124,17 @@ def test_a_refused_direct_write_is_finished_through_the_page_cache(tmp_path, mon
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(os, "pwrite", pwrite)
+    requests = []  # once buffered, write-back is asked for as on any buffered file
+    monkeypatch.setattr(safetensors_stream, "WRITEBACK_EVERY", 1000)
+    monkeypatch.setattr(
+        safetensors_stream, "_sync_file_range", lambda fd, off, n, flags: requests.append((off, n))
+    )
     tensors = varied_tensors(2)
     path = tmp_path / "model.safetensors"
     writer = write(path, tensors)
     assert refused == [4 * safetensors_stream.ALIGN] and not writer.direct
+    assert requests and requests[0][0] == 0
+    assert all(off + n == next_off for (off, n), (next_off, _) in zip(requests, requests[1:]))
     assert_reads_back(path, tensors)
 
 

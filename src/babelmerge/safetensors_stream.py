@@ -235,7 +235,7 @@ class StreamingWriter:
             self._put(memoryview(data.view(-1).view(torch.uint8).numpy()))  # flat: sliced by bytes
         self._next += 1
         if (
-            self._stage is None
+            not self.direct
             and _sync_file_range is not None
             and self._written - self._started >= WRITEBACK_EVERY
         ):
