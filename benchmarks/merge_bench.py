@@ -32,9 +32,10 @@ Timing protocol (the same for every tool):
   where the file system allows), before the runs and again before each method's round (the machine's state
   drifts: on the benchmark's VM a page-cache write costs ~10× more CPU when the memory it lands in was freed
   seconds rather than moments before); the fastest sample of either way is the floor;
-* each tool's start-up (interpreter and imports: ``from babelmerge import merge``, ``mergekit-yaml --help``) is
-  timed on its own (best of 3); "minus start-up" = wall+sync − start-up is the time spent merging, and the
-  number compared with the I/O floor (which starts no interpreter);
+* each tool runs its command line (``babelmerge merge``, ``mergekit-yaml``);
+* each tool's start-up (interpreter, imports and exit: ``import babelmerge.cli`` ended as that code's CLI ends
+  a merge, ``mergekit-yaml --help``) is timed on its own (best of 3); "minus start-up" = wall+sync − start-up is
+  the time spent merging, and the number compared with the I/O floor (which starts no interpreter);
 * runs are interleaved (method by method, tool by tool) and repeated; the table shows the best of the repeats
   with every run's time and the load average before it, since other work may share the machine. CPU seconds
   (user + system) are reported too: they depend far less on the load than wall time does.
@@ -338,19 +339,23 @@ def tool_env(tool: Tool) -> dict[str, str]:
     return env
 
 
+# babelmerge's command line as its console script runs it; code before `cli.run` existed ran `cli.main`.
+BABELMERGE_CLI = "import sys; from babelmerge import cli; sys.exit(getattr(cli, 'run', cli.main)())"
+# Start-up: the same interpreter and imports, ended the way that code's CLI ends a merge (cli.exit_now, else
+# the interpreter's ordinary teardown), so that the teardown after a merge counts as merging time.
+BABELMERGE_STARTUP = "import sys; from babelmerge import cli; getattr(cli, 'exit_now', sys.exit)(0)"
+
+
 def startup_command(tool: Tool, mergekit_venv: Path) -> list[str]:
-    """The tool's process doing everything but the merge: start the interpreter and import the merge code."""
+    """The tool's process doing everything but the merge: start the interpreter, import the merge code, exit."""
     if tool.slug != "mergekit":
-        return [sys.executable, "-c", "from babelmerge import merge"]
+        return [sys.executable, "-c", BABELMERGE_STARTUP]
     return [str(mergekit_venv / "bin" / "mergekit-yaml"), "--help"]  # imports mergekit's whole merge stack
 
 
 def tool_command(tool: Tool, cfg_path: Path, out: Path, mergekit_venv: Path) -> list[str]:
     if tool.slug != "mergekit":
-        # The engine's Python API (the CLI's `babelmerge merge` calls the same function; going through the API
-        # keeps this benchmark independent of the rest of the CLI).
-        code = "import sys; from babelmerge import merge; merge(sys.argv[1], sys.argv[2], progress=False)"
-        return [sys.executable, "-c", code, str(cfg_path), str(out)]
+        return [sys.executable, "-c", BABELMERGE_CLI, "merge", str(cfg_path), str(out), "--no-progress"]
     return [
         str(mergekit_venv / "bin" / "mergekit-yaml"),
         str(cfg_path),
@@ -573,8 +578,8 @@ def main(argv: list[str] | None = None) -> int:
 
     startup: dict[str, float] = {}
     for tool in tools:
-        times = [run_measured(startup_command(tool, args.mergekit_venv), log_dir / f"startup-{tool.slug}.log")
-                 for _ in range(3)]  # fmt: skip
+        cmd, log = startup_command(tool, args.mergekit_venv), log_dir / f"startup-{tool.slug}.log"
+        times = [run_measured(cmd, log, tool_env(tool)) for _ in range(3)]  # its package copy, as its merges
         startup[tool.slug] = min(t[0] for t in times if t[3] == 0)
         print(f"start-up {tool.label}: {startup[tool.slug]:.2f}s", flush=True)
 

@@ -5,15 +5,18 @@ Merging: :func:`merge` (streaming engine) and the pure tensor functions of each 
 
 __version__ = "0.1.0"
 
-from .engine import merge, plan_merge  # noqa: E402
-from .errors import BabelmergeError  # noqa: E402
-from .methods import METHODS  # noqa: E402
-from .methods.dare import dare_linear, dare_ties  # noqa: E402
-from .methods.linear import linear  # noqa: E402
-from .methods.model_stock import model_stock  # noqa: E402
-from .methods.slerp import slerp  # noqa: E402
-from .methods.task_arithmetic import task_arithmetic  # noqa: E402
-from .methods.ties import ties, ties_sv  # noqa: E402
+from .gc_pause import paused_gc as _paused_gc  # noqa: E402
+
+with _paused_gc():  # torch, transformers & co. make ~10^5 objects that all survive (gc_pause.py)
+    from .engine import merge, plan_merge
+    from .errors import BabelmergeError
+    from .methods import METHODS
+    from .methods.dare import dare_linear, dare_ties
+    from .methods.linear import linear
+    from .methods.model_stock import model_stock
+    from .methods.slerp import slerp
+    from .methods.task_arithmetic import task_arithmetic
+    from .methods.ties import ties, ties_sv
 
 __all__ = [
     "BabelmergeError",

@@ -32,6 +32,7 @@ from .allocator import reuse_freed_memory
 from .atomic import atomic_dir, atomic_write_text
 from .checkpoint import AUX_FILES, Checkpoint, open_checkpoint, resolve_model_path
 from .errors import BabelmergeError
+from .gc_pause import frozen_gc
 from .merge_config import (
     MergeConfig,
     ModelSpec,
@@ -483,7 +484,7 @@ def merge(
     plan, shards = plan_merge(
         config, shard_size=shard_size, device=device, dtype=dtype, seed=seed, allow_pickle=allow_pickle
     )
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp, frozen_gc():
         with reuse_freed_memory(), _intra_op_threads(1 if _blockwise(plan) else None):
             execute_plan(plan, shards, tmp, progress=progress)
         _copy_aux_files(plan, tmp)
