@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 from .gc_pause import paused_gc as _paused_gc  # noqa: E402
 
-with _paused_gc():  # torch, transformers & co. make ~10^5 objects that all survive (gc_pause.py)
+with _paused_gc():  # torch, transformers & co. make a few 10^5 objects, all of which survive (gc_pause.py)
     from .engine import merge, plan_merge
     from .errors import BabelmergeError
     from .methods import METHODS

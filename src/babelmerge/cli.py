@@ -139,8 +139,8 @@ def exit_now(code: int) -> NoReturn:
 
     After a merge every output is written, fsynced and renamed into place; what the interpreter would still
     do is tear down its modules and run full garbage collections over torch's, numba's and LLVM's objects:
-    0.65–0.8 s at the end of a 0.47B-parameter TIES merge (`benchmarks/merge_bench.md`, change 17), more than
-    half the I/O floor. The atexit handlers still run (logging's flush, `weakref.finalize`, multiprocessing),
+    0.83–0.98 s after a 0.47B-parameter TIES merge, 0.16–0.19 s with this exit (`benchmarks/merge_bench.md`,
+    change 17; the I/O floor of that merge is ~1 s). The atexit handlers still run (logging's flush, `weakref.finalize`, multiprocessing),
     and when a non-daemon thread is still alive the ordinary exit, which waits for it, is taken instead.
     """
     others = [t for t in threading.enumerate() if t is not threading.current_thread()]
